@@ -1,0 +1,36 @@
+"""Packaging for txass.
+
+The twistd plugin lives in the namespace package ``twisted.plugins``; it is
+listed as a single module so that no ``twisted/plugins/__init__.py`` is ever
+installed, which would hide every other distribution's plugins.
+"""
+
+from setuptools import setup
+
+setup(
+    name="txass",
+    version="0.1.0.dev0",
+    description="Asynchronous Service Stages for Twisted on RabbitMQ",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=["txass"],
+    py_modules=["twisted.plugins.txass_plugin"],
+    package_data={"txass": ["py.typed"]},
+    install_requires=[
+        "Twisted>=24.7.0",
+        "pika>=1.3.2",
+        "pyOpenSSL>=24.0.0",
+        "service_identity>=24.1.0",
+    ],
+    extras_require={
+        "dev": ["mypy>=1.10"],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: System :: Distributed Computing",
+    ],
+)

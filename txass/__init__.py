@@ -1,0 +1,97 @@
+"""
+txass: Asynchronous Service Stages for Twisted.
+
+A service is a name on a RabbitMQ broker.  Servers react to its requests by
+calling methods of a handler; clients call it without waiting and receive
+each result in the callback method of the same name::
+
+    broker = await txass.connect("amqp://guest:guest@localhost:5672/%2F")
+    await broker.service("echo").react(Echo)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+
+from txass._broker import Broker, Service
+from txass._client import Client
+from txass._connection import DEFAULT_URL, InvalidURL, open_connection, parse_url
+from txass._context import RequestContext, current_request
+from txass._server import Server
+from txass.errors import (
+    AuthenticationFailed,
+    ChannelClosed,
+    ConnectionFailed,
+    ConnectionLost,
+    EncodingError,
+    InvalidHandler,
+    InvalidName,
+    InvalidRequest,
+    MethodNotFound,
+    NoCurrentRequest,
+    PublishFailed,
+    RemoteError,
+    TxassError,
+    UnroutableMessage,
+    VhostNotFound,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "connect",
+    "current_request",
+    "Broker",
+    "Service",
+    "Server",
+    "Client",
+    "RequestContext",
+    "DEFAULT_URL",
+    "TxassError",
+    "ConnectionFailed",
+    "AuthenticationFailed",
+    "VhostNotFound",
+    "ConnectionLost",
+    "ChannelClosed",
+    "PublishFailed",
+    "UnroutableMessage",
+    "InvalidURL",
+    "InvalidName",
+    "InvalidHandler",
+    "InvalidRequest",
+    "MethodNotFound",
+    "EncodingError",
+    "RemoteError",
+    "NoCurrentRequest",
+]
+
+
+def connect(url: str | None = None, *, reactor: Any = None) -> defer.Deferred[Broker]:
+    """
+    Connect to a RabbitMQ broker.
+
+    @param url: An AMQP URI, C{amqp://user:password@host:port/vhost} with
+        the vhost percent-encoded (C{%2F} for C{/}) and optional query
+        options C{heartbeat} and C{connection_timeout} in seconds.  Without
+        it, C{$TXASS_BROKER_URL} is used, or else L{DEFAULT_URL}.
+    @param reactor: The reactor to use; the global one by default.
+    @return: A Deferred that fires with a L{Broker} once the AMQP handshake
+        is complete.  It fails with L{ConnectionFailed} when nothing answers
+        at the address, L{AuthenticationFailed} for a wrong user name or
+        password, and L{VhostNotFound} for a missing vhost; each names host,
+        port, vhost and user, never the password.  An unusable C{url} fails
+        it with L{InvalidURL}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+
+    async def connecting() -> Broker:
+        address = parse_url(url)
+        connection = await open_connection(address, reactor)
+        return Broker(connection, reactor)
+
+    return defer.Deferred.fromCoroutine(connecting())

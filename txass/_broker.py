@@ -1,0 +1,222 @@
+"""
+The broker connection users hold, and the services reached through it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from txass._client import Client
+from txass._connection import AMQPChannel, AMQPConnection, BrokerAddress, open_connection, parse_url
+from txass._handler import make_dispatcher
+from txass._server import Server
+from txass._topology import Topology
+from txass._util import SharedResult
+from txass.errors import ChannelClosed, ConnectionLost, TxassError
+
+DEFAULT_PREFETCH = 10
+DEFAULT_GRACE = 30.0
+
+
+class Broker:
+    """
+    A connection to a RabbitMQ broker; L{txass.connect} creates it.
+
+    @ivar address: Where it is connected; C{address.safe_url()} shows it
+        without the password.
+    """
+
+    log = Logger()
+
+    def __init__(self, connection: AMQPConnection, reactor: Any) -> None:
+        self._connection = connection
+        self._reactor = reactor
+        self.address: BrokerAddress = connection.address
+        self._publisher_channel = SharedResult(self._open_publisher)
+        self._declare_channel = SharedResult(self._open_declarer)
+        self._servers: set[Server] = set()
+        self._clients: set[Client] = set()
+        self._closing: defer.Deferred[None] | None = None
+        connection.when_closed().addCallback(self._on_connection_closed)
+
+    def __repr__(self) -> str:
+        return f"<Broker {self.address.safe_url()}>"
+
+    @property
+    def is_open(self) -> bool:
+        return self._connection.is_open
+
+    def _on_connection_closed(self, reason: Exception) -> None:
+        if self._closing is None:
+            self.log.error("connection to {url} lost: {reason}", url=self.address.safe_url(), reason=reason)
+
+    def when_closed(self) -> defer.Deferred[Exception]:
+        """
+        Return a Deferred that fires with a L{txass.errors.ConnectionLost}
+        once the connection has closed, for whatever reason.
+        """
+        return self._connection.when_closed()
+
+    def service(self, name: str) -> Service:
+        """
+        Return the service called C{name}.
+
+        @raise txass.errors.InvalidName: if C{name} cannot name a service.
+        """
+        return Service(self, Topology.for_service(name))
+
+    async def _open_channel(self, *, confirms: bool = False) -> AMQPChannel:
+        return await self._connection.channel(confirms=confirms)
+
+    async def _open_publisher(self) -> AMQPChannel:
+        channel = await self._open_channel(confirms=True)
+        channel.when_closed().addCallback(lambda _: self._publisher_channel.reset())
+        return channel
+
+    async def _open_declarer(self) -> AMQPChannel:
+        channel = await self._open_channel()
+        channel.when_closed().addCallback(lambda _: self._declare_channel.reset())
+        return channel
+
+    async def _publisher(self) -> AMQPChannel:
+        """
+        Return the channel, with publisher confirms, that requests and
+        replies are published on.
+        """
+        return await self._publisher_channel.get()
+
+    async def _declare_service(self, topology: Topology) -> None:
+        """
+        Declare the durable exchange and queue of a service and bind them.
+        The declarations are idempotent, so clients and servers both make
+        them: requests sent before any server ran wait in the queue.
+        """
+        channel = await self._declare_channel.get()
+        await channel.declare_exchange(topology.exchange, "direct", durable=True)
+        await channel.declare_queue(topology.queue, durable=True)
+        await channel.bind_queue(topology.queue, topology.exchange, topology.routing_key)
+
+    async def _declare_result_queue(self, queue: str, *, durable: bool) -> None:
+        channel = await self._declare_channel.get()
+        await channel.declare_queue(queue, durable=durable, exclusive=not durable)
+
+    async def _start_server(self, topology: Topology, handler: Any, prefetch: int, grace: float | None, send_tracebacks: bool) -> Server:
+        dispatcher = make_dispatcher(handler)
+        await self._declare_service(topology)
+        consumer = await self._open_channel()
+        try:
+            server = Server(
+                topology,
+                dispatcher,
+                broker=self,
+                consumer=consumer,
+                publisher=await self._publisher(),
+                prefetch=prefetch,
+                grace=grace,
+                send_tracebacks=send_tracebacks,
+                reactor=self._reactor,
+            )
+            await server.start()
+        except BaseException:
+            await consumer.close()
+            raise
+        self._servers.add(server)
+        server.when_stopped().addCallback(lambda _: self._servers.discard(server))
+        return server
+
+    def close(self) -> defer.Deferred[None]:
+        """
+        Stop every server started through this broker (letting requests in
+        flight finish within each server's grace period), stop every
+        client's result consumer, then close the connection.
+
+        @return: A Deferred that fires with L{None} once the connection is
+            closed; it never fails.
+        """
+        if self._closing is None:
+            self._closing = defer.Deferred.fromCoroutine(self._close())
+        d: defer.Deferred[None] = defer.Deferred()
+        self._closing.addBoth(lambda result: (d.callback(None), result)[1])
+        return d
+
+    async def _close(self) -> None:
+        stops = [server.stop() for server in list(self._servers)]
+        stops += [client.stop() for client in list(self._clients)]
+        if stops:
+            await defer.DeferredList(stops, consumeErrors=True)
+        try:
+            await self._connection.close()
+        except TxassError:
+            pass
+        self.log.info("closed connection to {url}", url=self.address.safe_url())
+
+
+class Service:
+    """
+    A service: a name on the broker; L{Broker.service} creates it.
+    """
+
+    def __init__(self, broker: Broker, topology: Topology) -> None:
+        self.broker = broker
+        self.topology = topology
+
+    @property
+    def name(self) -> str:
+        return self.topology.service
+
+    def __repr__(self) -> str:
+        return f"<Service {self.name!r} on {self.broker!r}>"
+
+    def react(
+        self,
+        handler: Any,
+        *,
+        prefetch: int = DEFAULT_PREFETCH,
+        grace: float | None = DEFAULT_GRACE,
+        send_tracebacks: bool = False,
+    ) -> defer.Deferred[Server]:
+        """
+        Serve this service's requests with C{handler}.
+
+        A request naming method C{foo} with data C{x} calls C{foo(x)} on the
+        handler: a class (a fresh instance per request), a module (its
+        public functions), a mapping of names to callables, or any other
+        object (one shared instance).  The return value, or the result of a
+        returned Deferred or coroutine, is the reply.
+
+        @param prefetch: The most requests this server holds unacknowledged
+            at once, which bounds its concurrency.
+        @param grace: Seconds that L{Server.stop} waits for requests in
+            flight before requeueing them; L{None} waits forever.
+        @param send_tracebacks: Whether error replies carry the remote
+            traceback text.
+        @return: A Deferred that fires with the L{Server} once it consumes.
+            It fails with L{txass.errors.ChannelClosed} when the broker
+            refuses the declarations (for example a queue of that name
+            exists with other arguments), or L{txass.errors.ConnectionLost}.
+        """
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 1 <= prefetch <= 65535:
+            raise ValueError(f"prefetch must be an integer from 1 to 65535, not {prefetch!r}")
+        if grace is not None and grace < 0:
+            raise ValueError(f"grace must be a number of seconds >= 0 or None, not {grace!r}")
+        make_dispatcher(handler)
+        return defer.Deferred.fromCoroutine(
+            self.broker._start_server(self.topology, handler, prefetch, grace, send_tracebacks)
+        )
+
+    def client(self, *, key: str | None = None) -> Client:
+        """
+        Return a client of this service.
+
+        @param key: Names the client's durable result queue
+            C{<service>.client.<key>}, where results wait while the client
+            process is down.  Without a key, results go to an exclusive
+            queue that the broker deletes when the connection closes.
+        @raise txass.errors.InvalidName: if C{key} cannot be used.
+        """
+        client = Client(self.broker, self.topology, key)
+        self.broker._clients.add(client)
+        return client

@@ -1,0 +1,265 @@
+"""
+The client side of a service: send requests without waiting, and receive
+each result in the callback method of the same name.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txass import _envelope
+from txass._connection import AMQPChannel, Delivery, MessageProperties
+from txass._context import RequestContext, run_in_context
+from txass._handler import Dispatcher, call_handler, make_dispatcher
+from txass._server import PERSISTENT, new_message_id
+from txass._topology import Topology, check_client_key
+from txass._util import SharedResult
+from txass.errors import InvalidRequest, MethodNotFound, TxassError
+
+if TYPE_CHECKING:
+    from txass._broker import Broker
+
+DEFAULT_RESULT_PREFETCH = 100
+
+
+class Client:
+    """
+    A caller of one service; L{Service.client} creates it.
+
+    @ivar key: The client key, or L{None} for a client whose result queue
+        is temporary.
+    @ivar queue: The name of the queue this client's results go to.
+    """
+
+    log = Logger()
+
+    def __init__(self, broker: Broker, topology: Topology, key: str | None) -> None:
+        self._broker = broker
+        self.topology = topology
+        self.key = key
+        if key is None:
+            self.queue = topology.temporary_client_queue()
+        else:
+            self.queue = topology.client_queue(key)
+        self._declared = SharedResult(self._declare_once)
+        self._channel: AMQPChannel | None = None
+        self._consumer_tag: str | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._pending: set[defer.Deferred[None]] = set()
+
+    @property
+    def service(self) -> str:
+        return self.topology.service
+
+    def __repr__(self) -> str:
+        return f"<Client of {self.service!r} results to {self.queue!r}>"
+
+    async def _declare_once(self) -> None:
+        await self._broker._declare_service(self.topology)
+        await self._broker._declare_result_queue(self.queue, durable=self.key is not None)
+
+    def react(self, handler: Any, *, prefetch: int = DEFAULT_RESULT_PREFETCH) -> defer.Deferred[Client]:
+        """
+        Start receiving results: the result of C{call("foo", ...)} is passed
+        to C{handler.foo(result)}.
+
+        C{handler} is a class, a module, a mapping or an object, as for
+        L{Service.react}.  A failed request passes a L{txass.RemoteError} in
+        place of the result.  Inside the callback, L{txass.current_request}
+        returns the reply's context: its correlation id and the request's
+        C{meta}.
+
+        @param prefetch: How many results may be handled at once.
+        @return: A Deferred that fires with this client once it consumes its
+            result queue.  It fails with L{txass.errors.ConnectionLost} or
+            L{txass.errors.ChannelClosed} if the broker cannot be used.
+        """
+        dispatcher = make_dispatcher(handler)
+        if not isinstance(prefetch, int) or prefetch < 1:
+            raise ValueError(f"prefetch must be a positive integer, not {prefetch!r}")
+        return defer.Deferred.fromCoroutine(self._react(dispatcher, prefetch))
+
+    async def _react(self, dispatcher: Dispatcher, prefetch: int) -> Client:
+        self._dispatcher = dispatcher
+        if self._consumer_tag is not None:
+            return self
+        await self._declared.get()
+        channel = await self._broker._open_channel()
+        await channel.set_prefetch(prefetch)
+        self._channel = channel
+        self._consumer_tag = await channel.consume(self.queue, self._on_delivery)
+        self.log.info(
+            "receiving results of {service} from {queue}",
+            service=self.service,
+            queue=self.queue,
+        )
+        return self
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        channel = self._channel
+        assert channel is not None
+        properties = delivery.properties
+        try:
+            reply = _envelope.decode_reply(delivery.body, properties.content_type)
+        except InvalidRequest as e:
+            self.log.error(
+                "invalid reply {message_id} in {queue} dropped: {error}",
+                message_id=properties.message_id,
+                queue=self.queue,
+                error=e,
+            )
+            channel.ack(delivery.delivery_tag)
+            return
+        context = RequestContext(
+            service=self.service,
+            method=reply.method,
+            message_id=properties.message_id,
+            correlation_id=properties.correlation_id,
+            reply_to=None,
+            headers=dict(properties.headers or {}),
+            meta=reply.meta,
+            redelivered=delivery.redelivered,
+            broker=self._broker,
+        )
+        value: Any = reply.error if reply.error is not None else reply.result
+        d = run_in_context(context, self._invoke, reply.method, value)
+        self._pending.add(d)
+        d.addBoth(self._settle, channel, delivery, context)
+
+    def _invoke(self, method: str, value: Any) -> defer.Deferred[Any]:
+        assert self._dispatcher is not None
+        try:
+            function = self._dispatcher.resolve(method)
+        except Exception:
+            return defer.fail()
+        return call_handler(function, value)
+
+    def _settle(self, result: Any, channel: AMQPChannel, delivery: Delivery, context: RequestContext) -> None:
+        for d in list(self._pending):
+            if d.called:
+                self._pending.discard(d)
+        if isinstance(result, Failure):
+            if result.check(MethodNotFound):
+                self.log.error(
+                    "result {correlation_id} of {service}.{method} dropped: {error}",
+                    correlation_id=context.correlation_id,
+                    service=self.service,
+                    method=context.method,
+                    error=result.value,
+                )
+            else:
+                self.log.failure(
+                    "result callback {method} of {service} failed for {correlation_id}",
+                    result,
+                    method=context.method,
+                    service=self.service,
+                    correlation_id=context.correlation_id,
+                )
+        # A failing callback does not requeue the result: it would fail again.
+        channel.ack(delivery.delivery_tag)
+
+    def _reply_destination(self, routing_key: str | None, reply_to: str | None) -> str:
+        if routing_key is not None and reply_to is not None:
+            raise ValueError("pass routing_key or reply_to, not both")
+        if reply_to is not None:
+            if not isinstance(reply_to, str) or not reply_to:
+                raise ValueError(f"reply_to must be a non-empty queue name, not {reply_to!r}")
+            return reply_to
+        if routing_key is not None:
+            return self.topology.client_queue(check_client_key(routing_key))
+        return self.queue
+
+    def call(
+        self,
+        method: str,
+        data: Any = None,
+        *,
+        meta: dict[str, Any] | None = None,
+        routing_key: str | None = None,
+        reply_to: str | None = None,
+    ) -> defer.Deferred[str]:
+        """
+        Send a request whose result goes to a callback.
+
+        The result goes to this client's C{handler.<method>}, or with
+        C{routing_key} to the client of this service with that key, or with
+        C{reply_to} to the queue of that name.
+
+        @param meta: A dict of JSON values passed to the handler with the
+            request and returned with its result.
+        @return: A Deferred that fires with the request's correlation id
+            once the broker has confirmed it (stored it durably), not with
+            the result.  It fails with L{txass.errors.EncodingError} if
+            C{data} or C{meta} cannot be encoded as JSON,
+            L{txass.errors.PublishFailed} if the broker rejected it, and
+            L{txass.errors.ConnectionLost} if the connection closed first.
+        """
+        try:
+            destination = self._reply_destination(routing_key, reply_to)
+            body = _envelope.encode_request(method, data, meta)
+        except Exception:
+            return defer.fail()
+        return defer.Deferred.fromCoroutine(self._send(method, body, destination))
+
+    def cast(self, method: str, data: Any = None, *, meta: dict[str, Any] | None = None) -> defer.Deferred[str]:
+        """
+        Send a request that gets no reply.
+
+        @return: A Deferred that fires with the request's message id once
+            the broker has confirmed it; it fails as for L{call}.
+        """
+        try:
+            body = _envelope.encode_request(method, data, meta)
+        except Exception:
+            return defer.fail()
+        return defer.Deferred.fromCoroutine(self._send(method, body, None))
+
+    async def _send(self, method: str, body: bytes, reply_to: str | None) -> str:
+        await self._declared.get()
+        message_id = new_message_id()
+        properties = MessageProperties(
+            content_type=_envelope.CONTENT_TYPE,
+            delivery_mode=PERSISTENT,
+            message_id=message_id,
+            correlation_id=message_id,
+            reply_to=reply_to,
+            type=method,
+        )
+        publisher = await self._broker._publisher()
+        await publisher.publish(
+            self.topology.exchange,
+            self.topology.routing_key,
+            body,
+            properties,
+            mandatory=True,
+        )
+        return message_id
+
+    def stop(self) -> defer.Deferred[None]:
+        """
+        Stop receiving results and close the channel used for them.
+
+        Results that arrive afterwards wait in a keyed client's queue.
+
+        @return: A Deferred that fires with L{None}; it never fails.
+        """
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        channel, self._channel = self._channel, None
+        tag, self._consumer_tag = self._consumer_tag, None
+        if channel is None:
+            return
+        try:
+            if tag is not None:
+                await channel.cancel(tag)
+            if self._pending:
+                await defer.DeferredList(list(self._pending), consumeErrors=True)
+            await channel.close()
+        except TxassError:
+            pass
+

@@ -1,0 +1,581 @@
+"""
+The AMQP engine: broker URLs, connections and channels.
+
+This is the only module of txass that imports pika.  It wraps pika's Twisted
+adapter in a small typed surface (declare, publish with confirms, consume,
+ack and reject, close notices) and turns pika's exceptions into those of
+L{txass.errors}.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import pika
+import pika.exceptions
+from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
+from twisted.internet import defer, error as internet_error
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.protocol import Factory
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txass.errors import (
+    AuthenticationFailed,
+    ChannelClosed,
+    ConnectionFailed,
+    ConnectionLost,
+    PublishFailed,
+    TxassError,
+    UnroutableMessage,
+    VhostNotFound,
+)
+
+DEFAULT_URL = "amqp://guest:guest@localhost:5672/%2F"
+URL_ENVIRONMENT_VARIABLE = "TXASS_BROKER_URL"
+
+# AMQP reply codes the broker sends when it rejects the handshake.
+_ACCESS_REFUSED = 403
+_NOT_ALLOWED = 530
+
+_log = Logger(namespace="txass.connection")
+
+
+class InvalidURL(TxassError, ValueError):
+    """
+    Raised when a broker URL cannot be parsed.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """
+    Where and how to connect, parsed from an AMQP URI.
+
+    @ivar heartbeat: The heartbeat interval to offer the broker, in seconds,
+        or L{None} to accept the broker's.
+    @ivar connection_timeout: Seconds allowed for the TCP, TLS and AMQP
+        handshakes together.
+    """
+
+    host: str
+    port: int
+    vhost: str
+    user: str
+    password: str = field(repr=False)
+    tls: bool = False
+    heartbeat: int | None = None
+    connection_timeout: float = 10.0
+    channel_max: int | None = None
+    frame_max: int | None = None
+
+    def safe_url(self) -> str:
+        """
+        Return the URL with the password replaced by C{***}.
+        """
+        scheme = "amqps" if self.tls else "amqp"
+        vhost = self.vhost.replace("%", "%25").replace("/", "%2F")
+        return f"{scheme}://{self.user}:***@{self.host}:{self.port}/{vhost}"
+
+    def connection_failed(self, reason: str, kind: type[ConnectionFailed] = ConnectionFailed) -> ConnectionFailed:
+        return kind(self.host, self.port, self.vhost, self.user, reason)
+
+    def pika_parameters(self) -> pika.ConnectionParameters:
+        options: dict[str, Any] = {
+            "virtual_host": self.vhost,
+            "credentials": pika.PlainCredentials(self.user, self.password),
+        }
+        if self.heartbeat is not None:
+            options["heartbeat"] = self.heartbeat
+        if self.channel_max is not None:
+            options["channel_max"] = self.channel_max
+        if self.frame_max is not None:
+            options["frame_max"] = self.frame_max
+        return pika.ConnectionParameters(**options)
+
+
+_INTEGER_OPTIONS = {"heartbeat", "channel_max", "frame_max"}
+_FLOAT_OPTIONS = {"connection_timeout"}
+
+
+def parse_url(url: str | None = None) -> BrokerAddress:
+    """
+    Parse an AMQP URI such as C{amqp://user:password@host:5672/%2F?heartbeat=30}.
+
+    With no URL, use C{$TXASS_BROKER_URL}, or failing that
+    C{amqp://guest:guest@localhost:5672/%2F}.  The vhost is the
+    percent-decoded path; an absent path means C{/}.  Query options:
+    C{heartbeat} (seconds, 0 turns heartbeats off), C{connection_timeout}
+    (seconds), C{channel_max} and C{frame_max}.
+
+    @raise InvalidURL: if the URL is not a usable AMQP URI.
+    """
+    if url is None:
+        url = os.environ.get(URL_ENVIRONMENT_VARIABLE) or DEFAULT_URL
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise InvalidURL(f"invalid broker URL: {e}") from None
+    if parts.scheme not in ("amqp", "amqps"):
+        raise InvalidURL(
+            f"invalid broker URL scheme {parts.scheme!r}: expected 'amqp' or 'amqps', "
+            f"as in {DEFAULT_URL}"
+        )
+    tls = parts.scheme == "amqps"
+    host = parts.hostname or "localhost"
+    if port is None:
+        port = 5671 if tls else 5672
+    path = parts.path
+    vhost = "/" if path in ("", "/") else unquote(path[1:])
+    user = unquote(parts.username) if parts.username is not None else "guest"
+    password = unquote(parts.password) if parts.password is not None else "guest"
+
+    options: dict[str, Any] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        try:
+            if name in _INTEGER_OPTIONS:
+                options[name] = int(value)
+            elif name in _FLOAT_OPTIONS:
+                options[name] = float(value)
+            else:
+                known = ", ".join(sorted(_INTEGER_OPTIONS | _FLOAT_OPTIONS))
+                raise InvalidURL(f"unknown broker URL option {name!r}; known options: {known}")
+        except ValueError as e:
+            if isinstance(e, InvalidURL):
+                raise
+            raise InvalidURL(f"invalid value {value!r} for broker URL option {name!r}: expected a number") from None
+        if options[name] < 0:
+            raise InvalidURL(f"invalid value {value!r} for broker URL option {name!r}: must not be negative")
+    return BrokerAddress(host=host, port=port, vhost=vhost, user=user, password=password, tls=tls, **options)
+
+
+@dataclass(slots=True)
+class MessageProperties:
+    """
+    The AMQP basic properties txass reads and writes.
+    """
+
+    content_type: str | None = None
+    content_encoding: str | None = None
+    headers: dict[str, Any] | None = None
+    delivery_mode: int | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    message_id: str | None = None
+    type: str | None = None
+    timestamp: int | None = None
+    app_id: str | None = None
+    expiration: str | None = None
+
+    def to_pika(self) -> pika.BasicProperties:
+        return pika.BasicProperties(
+            content_type=self.content_type,
+            content_encoding=self.content_encoding,
+            headers=self.headers,
+            delivery_mode=self.delivery_mode,
+            correlation_id=self.correlation_id,
+            reply_to=self.reply_to,
+            message_id=self.message_id,
+            type=self.type,
+            timestamp=self.timestamp,
+            app_id=self.app_id,
+            expiration=self.expiration,
+        )
+
+    @classmethod
+    def from_pika(cls, properties: pika.BasicProperties) -> MessageProperties:
+        return cls(
+            content_type=properties.content_type,
+            content_encoding=properties.content_encoding,
+            headers=properties.headers,
+            delivery_mode=properties.delivery_mode,
+            correlation_id=properties.correlation_id,
+            reply_to=properties.reply_to,
+            message_id=properties.message_id,
+            type=properties.type,
+            timestamp=properties.timestamp,
+            app_id=properties.app_id,
+            expiration=properties.expiration,
+        )
+
+
+@dataclass(slots=True)
+class Delivery:
+    """
+    A message the broker delivered to one of our consumers.
+    """
+
+    body: bytes
+    delivery_tag: int
+    redelivered: bool
+    exchange: str
+    routing_key: str
+    properties: MessageProperties
+
+
+def _translate(failure: Failure) -> Failure:
+    """
+    Replace a pika exception in C{failure} by the txass exception for it.
+    """
+    e = failure.value
+    if isinstance(e, pika.exceptions.ChannelClosed):
+        return Failure(ChannelClosed(e.reply_code, e.reply_text))
+    if isinstance(e, pika.exceptions.UnroutableError):
+        returned = e.messages[0] if e.messages else None
+        if returned is not None:
+            return Failure(UnroutableMessage(returned.method.exchange, returned.method.routing_key))
+        return Failure(UnroutableMessage("", ""))
+    if isinstance(e, pika.exceptions.NackError):
+        return Failure(PublishFailed("the broker rejected the message (basic.nack)"))
+    if isinstance(e, (pika.exceptions.ConnectionClosed, pika.exceptions.AMQPConnectionError)):
+        return Failure(ConnectionLost(f"connection to the broker lost: {e!r}"))
+    if isinstance(e, pika.exceptions.ChannelWrongStateError):
+        return Failure(ChannelClosed(0, str(e)))
+    return failure
+
+
+async def _call(d: defer.Deferred[Any]) -> Any:
+    return await d.addErrback(_translate)
+
+
+class AMQPChannel:
+    """
+    One AMQP channel.
+
+    L{AMQPConnection.channel} creates it.
+    """
+
+    def __init__(self, channel: TwistedChannel, confirms: bool) -> None:
+        self._channel = channel
+        # NOTE: consumers use pika's callback-based channel underneath the
+        # Twisted wrapper, so every delivery reaches our callback at once
+        # without one Deferred per message.
+        self._raw = channel._channel
+        self.confirms = confirms
+        self._closed: defer.Deferred[Exception] = defer.Deferred()
+        channel.on_closed.addBoth(self._on_closed)
+        self.close_reason: Exception | None = None
+
+    def _on_closed(self, reason: Any) -> None:
+        if isinstance(reason, Failure):
+            reason = reason.value
+        if isinstance(reason, pika.exceptions.ChannelClosedByClient):
+            exc: Exception = ChannelClosed(reason.reply_code, reason.reply_text)
+        elif isinstance(reason, pika.exceptions.ChannelClosed):
+            exc = ChannelClosed(reason.reply_code, reason.reply_text)
+        elif isinstance(reason, Exception):
+            exc = ConnectionLost(f"connection to the broker lost: {reason!r}")
+        else:
+            exc = ChannelClosed(0, "closed")
+        self.close_reason = exc
+        self._closed.callback(exc)
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self._channel.is_open)
+
+    def when_closed(self) -> defer.Deferred[Exception]:
+        """
+        Return a Deferred that fires with a L{ChannelClosed} or
+        L{ConnectionLost} describing why the channel closed.
+        """
+        d: defer.Deferred[Exception] = defer.Deferred()
+        if self.close_reason is not None:
+            d.callback(self.close_reason)
+        else:
+            self._closed.addBoth(lambda reason: (d.callback(reason), reason)[1])
+        return d
+
+    async def declare_exchange(self, name: str, exchange_type: str = "direct", *, durable: bool = True) -> None:
+        await _call(self._channel.exchange_declare(exchange=name, exchange_type=exchange_type, durable=durable))
+
+    async def declare_queue(
+        self,
+        name: str,
+        *,
+        durable: bool = True,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        passive: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> tuple[int, int]:
+        """
+        Declare a queue; return its message count and consumer count.
+        """
+        frame = await _call(
+            self._channel.queue_declare(
+                queue=name,
+                durable=durable,
+                exclusive=exclusive,
+                auto_delete=auto_delete,
+                passive=passive,
+                arguments=arguments,
+            )
+        )
+        return frame.method.message_count, frame.method.consumer_count
+
+    async def bind_queue(self, queue: str, exchange: str, routing_key: str) -> None:
+        await _call(self._channel.queue_bind(queue=queue, exchange=exchange, routing_key=routing_key))
+
+    async def delete_queue(self, queue: str) -> None:
+        await _call(self._channel.queue_delete(queue=queue))
+
+    async def delete_exchange(self, exchange: str) -> None:
+        await _call(self._channel.exchange_delete(exchange=exchange))
+
+    async def set_prefetch(self, count: int) -> None:
+        await _call(self._channel.basic_qos(prefetch_count=count))
+
+    async def enable_confirms(self) -> None:
+        await _call(self._channel.confirm_delivery())
+        self.confirms = True
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: MessageProperties,
+        *,
+        mandatory: bool = False,
+    ) -> defer.Deferred[None]:
+        """
+        Publish a message.
+
+        @return: A Deferred that fires with L{None} once the broker has
+            confirmed the message (at once when confirms are off).  It fails
+            with L{UnroutableMessage} when a mandatory message was returned,
+            L{PublishFailed} when the broker nacked it, and L{ChannelClosed}
+            or L{ConnectionLost} when the channel closed before the confirm.
+        """
+        try:
+            d = self._channel.basic_publish(
+                exchange=exchange,
+                routing_key=routing_key,
+                body=body,
+                properties=properties.to_pika(),
+                mandatory=mandatory,
+            )
+        except Exception:
+            return defer.fail(_translate(Failure()))
+        return d.addCallbacks(lambda _: None, _translate)
+
+    async def consume(
+        self,
+        queue: str,
+        on_delivery: Callable[[Delivery], None],
+        *,
+        exclusive: bool = False,
+    ) -> str:
+        """
+        Start consuming C{queue} with manual acknowledgements.
+
+        @param on_delivery: Called with each L{Delivery}, in order.
+        @return: The consumer tag.
+        """
+
+        def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
+            on_delivery(
+                Delivery(
+                    body=body,
+                    delivery_tag=method.delivery_tag,
+                    redelivered=method.redelivered,
+                    exchange=method.exchange,
+                    routing_key=method.routing_key,
+                    properties=MessageProperties.from_pika(properties),
+                )
+            )
+
+        if not self._channel.is_open:
+            raise self.close_reason or ChannelClosed(0, "channel is not open")
+        started: defer.Deferred[Any] = defer.Deferred()
+        self._closed.addBoth(lambda reason: (started.called or started.errback(reason), reason)[1])
+        self._raw.basic_consume(
+            queue=queue,
+            on_message_callback=on_message,
+            auto_ack=False,
+            exclusive=exclusive,
+            callback=lambda frame: started.called or started.callback(frame),
+        )
+        frame = await started
+        return str(frame.method.consumer_tag)
+
+    async def cancel(self, consumer_tag: str) -> None:
+        """
+        Cancel a consumer; deliveries already sent may still arrive.
+        """
+        if not self._channel.is_open:
+            return
+        done: defer.Deferred[Any] = defer.Deferred()
+        self._closed.addBoth(lambda reason: (done.called or done.callback(None), reason)[1])
+        self._raw.basic_cancel(consumer_tag, callback=lambda _frame: done.called or done.callback(None))
+        await done
+
+    def ack(self, delivery_tag: int) -> None:
+        if self._channel.is_open:
+            self._channel.basic_ack(delivery_tag)
+
+    def reject(self, delivery_tag: int, *, requeue: bool) -> None:
+        if self._channel.is_open:
+            self._channel.basic_reject(delivery_tag, requeue=requeue)
+
+    async def close(self) -> None:
+        if self._channel.is_open:
+            self._channel.close()
+        await self.when_closed()
+
+
+class _PikaProtocol(TwistedProtocolConnection):
+    """
+    pika's protocol, keeping the cause of a failed AMQP handshake that pika
+    itself would replace by a generic error.
+    """
+
+    handshake_error: Exception | None = None
+
+    def _on_connection_failed(self, _connection: Any, _error_message: Exception | None = None) -> None:
+        self.handshake_error = _error_message
+        super()._on_connection_failed(_connection, _error_message)
+
+
+def _describe_handshake_error(address: BrokerAddress, error: Exception | None) -> ConnectionFailed:
+    if isinstance(error, pika.exceptions.ConnectionClosedByBroker):
+        if error.reply_code == _ACCESS_REFUSED:
+            return address.connection_failed(
+                f"the broker rejected the user name or password ({error.reply_text})",
+                AuthenticationFailed,
+            )
+        if error.reply_code == _NOT_ALLOWED:
+            return address.connection_failed(
+                f"the vhost does not exist or the user has no access to it ({error.reply_text}); "
+                f"create it with 'rabbitmqctl add_vhost' and grant access with "
+                f"'rabbitmqctl set_permissions'",
+                VhostNotFound,
+            )
+        return address.connection_failed(f"the broker closed the connection: {error.reply_code} {error.reply_text}")
+    if isinstance(error, (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError)):
+        return address.connection_failed(f"the broker rejected the user name or password ({error})", AuthenticationFailed)
+    if isinstance(error, pika.exceptions.ProbableAccessDeniedError):
+        return address.connection_failed(
+            f"the vhost does not exist or the user has no access to it ({error})", VhostNotFound
+        )
+    return address.connection_failed(f"AMQP handshake failed: {error!r}")
+
+
+class AMQPConnection:
+    """
+    An open AMQP connection.
+
+    L{open_connection} creates it.
+    """
+
+    def __init__(self, protocol: _PikaProtocol, address: BrokerAddress, reactor: Any) -> None:
+        self._protocol = protocol
+        self.address = address
+        self._reactor = reactor
+        self.close_reason: Exception | None = None
+        self._lost: list[defer.Deferred[Exception]] = []
+        assert protocol.closed is not None
+        protocol.closed.addBoth(self._on_closed)
+
+    def _on_closed(self, reason: Any) -> None:
+        if isinstance(reason, Failure):
+            reason = reason.value
+        if isinstance(reason, pika.exceptions.ConnectionClosedByClient):
+            exc = ConnectionLost("connection closed by this client")
+        else:
+            exc = ConnectionLost(f"connection to the broker at {self.address.host}:{self.address.port} lost: {reason!r}")
+        self.close_reason = exc
+        waiting, self._lost = self._lost, []
+        for d in waiting:
+            d.callback(exc)
+
+    @property
+    def is_open(self) -> bool:
+        return self.close_reason is None and bool(self._protocol.is_open)
+
+    def when_closed(self) -> defer.Deferred[Exception]:
+        """
+        Return a Deferred that fires with a L{ConnectionLost} once the
+        connection has closed, whether the broker, the network or this
+        client closed it.
+        """
+        if self.close_reason is not None:
+            return defer.succeed(self.close_reason)
+        d: defer.Deferred[Exception] = defer.Deferred()
+        self._lost.append(d)
+        return d
+
+    async def channel(self, *, confirms: bool = False) -> AMQPChannel:
+        """
+        Open a channel, with publisher confirms when C{confirms} is true.
+
+        @raise ConnectionLost: if the connection is closed.
+        """
+        if not self.is_open:
+            raise self.close_reason or ConnectionLost("connection to the broker is closed")
+        twisted_channel = await _call(self._protocol.channel())
+        channel = AMQPChannel(twisted_channel, confirms=False)
+        if confirms:
+            await channel.enable_confirms()
+        return channel
+
+    async def close(self) -> None:
+        """
+        Close the connection and wait until the socket is closed.
+        """
+        if self.close_reason is not None:
+            return
+        closed = self.when_closed()
+        self._protocol.close()
+        await closed
+
+
+async def open_connection(address: BrokerAddress, reactor: Any) -> AMQPConnection:
+    """
+    Connect to the broker and complete the AMQP handshake.
+
+    @raise ConnectionFailed: or one of its subclasses, naming host, port,
+        vhost and user, when the connection cannot be opened.
+    """
+    endpoint: Any = HostnameEndpoint(reactor, address.host, address.port, timeout=address.connection_timeout)
+    if address.tls:
+        endpoint = wrapClientTLS(optionsForClientTLS(address.host), endpoint)
+    parameters = address.pika_parameters()
+    factory = Factory.forProtocol(lambda: _PikaProtocol(parameters, custom_reactor=reactor))
+
+    try:
+        protocol: _PikaProtocol = await endpoint.connect(factory)
+    except internet_error.ConnectionRefusedError:
+        raise address.connection_failed("connection refused; is RabbitMQ running and listening on that port?") from None
+    except (internet_error.TimeoutError, defer.TimeoutError):
+        raise address.connection_failed(f"no answer within {address.connection_timeout:g} s") from None
+    except internet_error.DNSLookupError:
+        raise address.connection_failed("the host name could not be resolved") from None
+    except Exception as e:
+        raise address.connection_failed(f"{type(e).__name__}: {e}") from None
+
+    ready = protocol.ready
+    if ready is None:
+        raise address.connection_failed("the connection closed during the AMQP handshake")
+    ready.addTimeout(address.connection_timeout, reactor)
+    try:
+        await ready
+    except defer.TimeoutError:
+        if protocol.transport is not None:
+            protocol.transport.abortConnection()
+        raise address.connection_failed(
+            f"the AMQP handshake did not complete within {address.connection_timeout:g} s"
+        ) from None
+    except Exception as e:
+        if protocol.handshake_error is not None:
+            raise _describe_handshake_error(address, protocol.handshake_error) from None
+        raise address.connection_failed(f"the connection closed during the AMQP handshake: {e!r}") from None
+    _log.info("connected to {url}", url=address.safe_url())
+    return AMQPConnection(protocol, address, reactor)

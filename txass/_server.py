@@ -1,0 +1,384 @@
+"""
+The server side of a service: consume a request, dispatch it to the
+handler, publish the reply, then acknowledge the request.
+"""
+
+from __future__ import annotations
+
+import traceback as traceback_module
+import uuid
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txass import _envelope
+from txass._connection import Delivery, MessageProperties
+from txass._context import RequestContext, run_in_context
+from txass._handler import Dispatcher, call_handler
+from txass._topology import Topology
+from txass.errors import (
+    ChannelClosed,
+    ConnectionLost,
+    EncodingError,
+    InvalidRequest,
+    MethodNotFound,
+    TxassError,
+    UnroutableMessage,
+)
+
+if TYPE_CHECKING:
+    from txass._broker import Broker
+
+PERSISTENT = 2
+
+
+class ConsumerChannel(Protocol):
+    """
+    The part of an AMQP channel a server consumes with.
+    """
+
+    async def consume(self, queue: str, on_delivery: Any, *, exclusive: bool = False) -> str: ...
+
+    async def cancel(self, consumer_tag: str) -> None: ...
+
+    async def set_prefetch(self, count: int) -> None: ...
+
+    def ack(self, delivery_tag: int) -> None: ...
+
+    def reject(self, delivery_tag: int, *, requeue: bool) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def when_closed(self) -> defer.Deferred[Exception]: ...
+
+
+class PublishChannel(Protocol):
+    """
+    The part of an AMQP channel a server publishes replies with.
+    """
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: MessageProperties,
+        *,
+        mandatory: bool = False,
+    ) -> defer.Deferred[None]: ...
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Server:
+    """
+    One consumer of a service's request queue.
+
+    L{Service.react} starts it.  Its lifecycle is C{starting}, C{running},
+    C{draining}, C{stopped}: while draining it takes no new request, lets
+    the requests in flight finish and be acknowledged, and requeues those
+    that do not finish within the grace period.
+
+    @ivar in_flight: The number of requests being served.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        topology: Topology,
+        dispatcher: Dispatcher,
+        *,
+        broker: Broker | None,
+        consumer: ConsumerChannel,
+        publisher: PublishChannel,
+        prefetch: int,
+        grace: float | None,
+        send_tracebacks: bool = False,
+        reactor: Any,
+    ) -> None:
+        self.topology = topology
+        self.dispatcher = dispatcher
+        self.broker = broker
+        self._consumer = consumer
+        self._publisher = publisher
+        self.prefetch = prefetch
+        self.grace = grace
+        self.send_tracebacks = send_tracebacks
+        self._reactor = reactor
+        self.state = "starting"
+        self._consumer_tag: str | None = None
+        self._in_flight: dict[int, defer.Deferred[None]] = {}
+        # Delivery tags requeued when the grace period ran out; their
+        # handlers may still finish, but must not acknowledge them.
+        self._abandoned: set[int] = set()
+        self._stopping: defer.Deferred[None] | None = None
+        self._stopped: list[defer.Deferred[None]] = []
+
+    @property
+    def service(self) -> str:
+        return self.topology.service
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def start(self) -> None:
+        """
+        Set the prefetch limit and start consuming the request queue.
+        """
+        await self._consumer.set_prefetch(self.prefetch)
+        self._consumer.when_closed().addCallback(self._on_channel_closed)
+        self._consumer_tag = await self._consumer.consume(self.topology.queue, self._on_delivery)
+        self.state = "running"
+        self.log.info(
+            "serving {service} with {handler} (prefetch {prefetch})",
+            service=self.service,
+            handler=self.dispatcher.description,
+            prefetch=self.prefetch,
+        )
+
+    def _on_channel_closed(self, reason: Exception) -> None:
+        if self.state in ("stopped", "draining"):
+            return
+        self.state = "stopped"
+        self.log.error(
+            "server of {service} stopped consuming: {reason}; {count} requests in flight will be redelivered",
+            service=self.service,
+            reason=reason,
+            count=len(self._in_flight),
+        )
+        self._notify_stopped()
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        if self.state != "running":
+            # Deliveries can still arrive between basic.cancel and its
+            # cancel-ok; they go back to the queue for another server.
+            self._consumer.reject(delivery.delivery_tag, requeue=True)
+            return
+        tag = delivery.delivery_tag
+        d = defer.Deferred.fromCoroutine(self._serve(delivery))
+        if not d.called:
+            self._in_flight[tag] = d
+            d.addBoth(self._finished, tag)
+
+    def _finished(self, result: Any, tag: int) -> None:
+        self._in_flight.pop(tag, None)
+        if isinstance(result, Failure):
+            self.log.failure("unexpected error serving {service}", result, service=self.service)
+
+    async def _serve(self, delivery: Delivery) -> None:
+        properties = delivery.properties
+        try:
+            request = _envelope.decode_request(delivery.body, properties.content_type)
+        except InvalidRequest as e:
+            self.log.error(
+                "invalid request {message_id} to {service}: {error}",
+                message_id=properties.message_id,
+                service=self.service,
+                error=e,
+            )
+            await self._reply_and_ack(delivery, "", {}, self._error_body("", e, {}))
+            return
+
+        context = RequestContext(
+            service=self.service,
+            method=request.method,
+            message_id=properties.message_id,
+            correlation_id=properties.correlation_id,
+            reply_to=properties.reply_to,
+            headers=dict(properties.headers or {}),
+            meta=request.meta,
+            redelivered=delivery.redelivered,
+            broker=self.broker,
+        )
+        outcome = run_in_context(context, self._invoke, request)
+        try:
+            result = await outcome
+        except Exception as e:
+            self._log_handler_error(context, Failure())
+            body = self._error_body(request.method, e, request.meta)
+        else:
+            body = self._result_body(context, result, request.meta)
+        await self._reply_and_ack(delivery, request.method, request.meta, body)
+
+    def _invoke(self, request: _envelope.Request) -> defer.Deferred[Any]:
+        try:
+            function = self.dispatcher.resolve(request.method)
+        except Exception:
+            return defer.fail()
+        return call_handler(function, request.data)
+
+    def _log_handler_error(self, context: RequestContext, failure: Failure) -> None:
+        if failure.check(MethodNotFound):
+            self.log.warn(
+                "request {message_id} (correlation id {correlation_id}) to {service} "
+                "rejected: {error}",
+                message_id=context.message_id,
+                correlation_id=context.correlation_id,
+                service=self.service,
+                error=failure.value,
+            )
+            return
+        self.log.failure(
+            "handler {service}.{method} raised {error_type} for request {message_id} "
+            "(correlation id {correlation_id})",
+            failure,
+            service=self.service,
+            method=context.method,
+            error_type=failure.type.__name__ if failure.type else "error",
+            message_id=context.message_id,
+            correlation_id=context.correlation_id,
+        )
+
+    def _result_body(self, context: RequestContext, result: Any, meta: dict[str, Any]) -> bytes | None:
+        if context.reply_to is None:
+            return None
+        try:
+            return _envelope.encode_result(context.method, result, meta)
+        except EncodingError as e:
+            self.log.error(
+                "result of {service}.{method} for request {message_id} cannot be sent: {error}",
+                service=self.service,
+                method=context.method,
+                message_id=context.message_id,
+                error=e,
+            )
+            return self._error_body(context.method, e, meta)
+
+    def _error_body(self, method: str, error: BaseException, meta: dict[str, Any]) -> bytes:
+        text: str | None = None
+        if self.send_tracebacks:
+            text = "".join(traceback_module.format_exception(error))
+        return _envelope.encode_error(method, type(error).__name__, str(error), meta, text)
+
+    async def _reply_and_ack(
+        self,
+        delivery: Delivery,
+        method: str,
+        meta: dict[str, Any],
+        body: bytes | None,
+    ) -> None:
+        properties = delivery.properties
+        reply_to = properties.reply_to
+        if reply_to and body is not None:
+            reply_properties = MessageProperties(
+                content_type=_envelope.CONTENT_TYPE,
+                correlation_id=properties.correlation_id or properties.message_id,
+                message_id=new_message_id(),
+                delivery_mode=PERSISTENT,
+            )
+            try:
+                await self._publisher.publish("", reply_to, body, reply_properties, mandatory=True)
+            except UnroutableMessage:
+                self.log.warn(
+                    "reply to request {message_id} of {service}.{method} dropped: "
+                    "no queue named {reply_to!r}",
+                    message_id=properties.message_id,
+                    service=self.service,
+                    method=method,
+                    reply_to=reply_to,
+                )
+            except (ChannelClosed, ConnectionLost) as e:
+                # The request stays unacknowledged, so the broker delivers it
+                # again once this channel is gone.
+                self.log.error(
+                    "reply to request {message_id} of {service} not sent: {error}; "
+                    "the request will be redelivered",
+                    message_id=properties.message_id,
+                    service=self.service,
+                    error=e,
+                )
+                return
+            except TxassError as e:
+                self.log.error(
+                    "reply to request {message_id} of {service} rejected by the broker: {error}; "
+                    "requeueing the request",
+                    message_id=properties.message_id,
+                    service=self.service,
+                    error=e,
+                )
+                self._consumer.reject(delivery.delivery_tag, requeue=True)
+                return
+        if delivery.delivery_tag not in self._abandoned:
+            self._consumer.ack(delivery.delivery_tag)
+
+    def stop(self, grace: float | None = -1.0) -> defer.Deferred[None]:
+        """
+        Stop taking requests, let those in flight finish, and close the
+        consumer's channel.
+
+        @param grace: Seconds to wait for requests in flight; the server's
+            own grace period when not given, forever when L{None}.  Requests
+            still running after it are requeued for another server.
+        @return: A Deferred that fires with L{None} once stopped; it never
+            fails.
+        """
+        if self._stopping is None:
+            if grace is not None and grace < 0:
+                grace = self.grace
+            self._stopping = defer.Deferred.fromCoroutine(self._drain(grace))
+        d: defer.Deferred[None] = defer.Deferred()
+        self._stopping.addBoth(lambda result: (d.callback(None), result)[1])
+        return d
+
+    async def _drain(self, grace: float | None) -> None:
+        previous = self.state
+        self.state = "draining"
+        self.log.info(
+            "stopping {service}: {count} requests in flight",
+            service=self.service,
+            count=len(self._in_flight),
+        )
+        if previous != "stopped" and self._consumer_tag is not None:
+            try:
+                await self._consumer.cancel(self._consumer_tag)
+            except TxassError as e:
+                self.log.warn("cancelling consumer of {service} failed: {error}", service=self.service, error=e)
+        if self._in_flight:
+            pending = defer.DeferredList(list(self._in_flight.values()), consumeErrors=True)
+            if grace is not None:
+                pending.addTimeout(grace, self._reactor)
+            try:
+                await pending
+            except defer.TimeoutError:
+                unfinished = sorted(self._in_flight)
+                self.log.warn(
+                    "{count} requests to {service} did not finish within {grace:g} s; "
+                    "requeueing them",
+                    count=len(unfinished),
+                    service=self.service,
+                    grace=grace,
+                )
+                for tag in unfinished:
+                    self._consumer.reject(tag, requeue=True)
+                    self._abandoned.add(tag)
+                    self._in_flight.pop(tag, None)
+        try:
+            await self._consumer.close()
+        except TxassError:
+            pass
+        self.state = "stopped"
+        self.log.info("stopped serving {service}", service=self.service)
+        self._notify_stopped()
+
+    def when_stopped(self) -> defer.Deferred[None]:
+        """
+        Return a Deferred that fires once the server has stopped, whether by
+        L{stop} or because its channel or connection closed.
+        """
+        d: defer.Deferred[None] = defer.Deferred()
+        if self.state == "stopped":
+            d.callback(None)
+        else:
+            self._stopped.append(d)
+        return d
+
+    def _notify_stopped(self) -> None:
+        waiting, self._stopped = self._stopped, []
+        for d in waiting:
+            d.callback(None)

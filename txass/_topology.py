@@ -1,0 +1,116 @@
+"""
+How a service name maps to AMQP exchanges, queues and routing keys.
+
+For a service C{S}:
+
+  - requests go to the durable direct exchange C{S} with routing key C{S};
+  - the durable queue C{S}, bound to it with binding key C{S}, holds them
+    until a server takes them;
+  - the results for the client with key C{K} go to the durable queue
+    C{S.client.K}; a client without a key gets an exclusive queue
+    C{S.client.tmp-<32 hex digits>} that the broker deletes with its
+    connection;
+  - replies are published to the default exchange with the request's
+    C{reply_to} as routing key, so any queue name works as a reply
+    destination.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+from txass.errors import InvalidName
+
+# AMQP limits exchange and queue names to 255 bytes.  A service name leaves
+# room for the ".client.<key>" suffix of its result queues.
+MAX_SERVICE_NAME = 200
+MAX_CLIENT_KEY = 45
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
+_TEMPORARY_PREFIX = "tmp-"
+
+
+def _check_name(value: object, what: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidName(f"{what} must be a str, not {type(value).__name__}")
+    if not _NAME.match(value) or len(value) > limit:
+        raise InvalidName(
+            f"invalid {what} {value!r}: use 1 to {limit} ASCII letters, digits, "
+            f"'.', '_', ':' or '-', starting with a letter or digit"
+        )
+    if value.startswith("amq."):
+        raise InvalidName(f"invalid {what} {value!r}: names starting with 'amq.' are reserved by AMQP")
+    return value
+
+
+def check_service_name(name: object) -> str:
+    """
+    Return C{name} if it can name a service.
+
+    @raise InvalidName: if it cannot.
+    """
+    return _check_name(name, "service name", MAX_SERVICE_NAME)
+
+
+def check_client_key(key: object) -> str:
+    """
+    Return C{key} if it can name a client's durable result queue.
+
+    @raise InvalidName: if it cannot.
+    """
+    key = _check_name(key, "client key", MAX_CLIENT_KEY)
+    if key.startswith(_TEMPORARY_PREFIX):
+        raise InvalidName(
+            f"invalid client key {key!r}: keys starting with {_TEMPORARY_PREFIX!r} "
+            f"are kept for clients without a key"
+        )
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """
+    The AMQP names that belong to one service.
+    """
+
+    service: str
+
+    @classmethod
+    def for_service(cls, name: str) -> Topology:
+        return cls(check_service_name(name))
+
+    @property
+    def exchange(self) -> str:
+        """
+        The durable direct exchange requests are published to.
+        """
+        return self.service
+
+    @property
+    def queue(self) -> str:
+        """
+        The durable queue that servers consume requests from.
+        """
+        return self.service
+
+    @property
+    def routing_key(self) -> str:
+        """
+        The routing key of requests, and the binding key of the queue.
+        """
+        return self.service
+
+    def client_queue(self, key: str) -> str:
+        """
+        Return the name of the durable result queue of the client C{key}.
+        """
+        return f"{self.service}.client.{check_client_key(key)}"
+
+    def temporary_client_queue(self) -> str:
+        """
+        Return a fresh name for the exclusive result queue of a client
+        without a key.
+        """
+        return f"{self.service}.client.{_TEMPORARY_PREFIX}{uuid.uuid4().hex}"

@@ -1,0 +1,55 @@
+"""
+Small asynchronous helpers shared by the other modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+T = TypeVar("T")
+
+
+class SharedResult(Generic[T]):
+    """
+    Compute a value with an async function once, sharing the one run with
+    every caller that asks while it runs.
+
+    After a failure the next call runs the function again, and L{reset}
+    forgets a value that went stale (such as a closed channel).
+    """
+
+    def __init__(self, function: Callable[[], Awaitable[T]]) -> None:
+        self._function = function
+        self._has_value = False
+        self._value: T | None = None
+        self._waiters: list[defer.Deferred[T]] | None = None
+
+    def reset(self) -> None:
+        self._has_value = False
+        self._value = None
+
+    async def get(self) -> T:
+        if self._has_value:
+            return self._value  # type: ignore[return-value]
+        if self._waiters is not None:
+            waiter: defer.Deferred[T] = defer.Deferred()
+            self._waiters.append(waiter)
+            return await waiter
+        self._waiters = []
+        try:
+            value = await self._function()
+        except BaseException:
+            failure = Failure()
+            waiters, self._waiters = self._waiters, None
+            for waiter in waiters:
+                waiter.errback(failure)
+            raise
+        self._value, self._has_value = value, True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters:
+            waiter.callback(value)
+        return value
