@@ -1,0 +1,167 @@
+"""
+Helpers shared by the tests that talk to the real RabbitMQ broker.
+
+Every broker test works under names of its own made by L{unique_name} and
+deletes them afterwards, so tests never see each other's messages and the
+shared broker is left as it was found.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+import txass
+from txass._connection import AMQPChannel, open_connection, parse_url
+
+BROKER_URL = os.environ.get("TXASS_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+# How long a test waits for an event the broker should produce at once.
+EVENT_TIMEOUT = 15.0
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def unique_name(prefix: str = "test") -> str:
+    """
+    Return a service name no other test or run uses.
+    """
+    return f"txass-test.{prefix}.{uuid.uuid4().hex[:12]}"
+
+
+def within(d: defer.Deferred[Any], seconds: float = EVENT_TIMEOUT) -> defer.Deferred[Any]:
+    """
+    Return C{d}, failing with L{defer.TimeoutError} if it has not fired
+    within C{seconds}.
+    """
+    return d.addTimeout(seconds, reactor)
+
+
+async def connect(testcase: unittest.TestCase, url: str = BROKER_URL) -> txass.Broker:
+    """
+    Connect to the test broker; the connection closes after the test.
+    """
+    broker = await txass.connect(url)
+    testcase.addCleanup(broker.close)
+    return broker
+
+
+async def raw_channel(testcase: unittest.TestCase) -> AMQPChannel:
+    """
+    Open a channel on a connection of its own, closed after the test.
+    """
+    connection = await open_connection(parse_url(BROKER_URL), reactor)
+    testcase.addCleanup(connection.close)
+    return await connection.channel()
+
+
+def remove_after(testcase: unittest.TestCase, service: str, client_keys: Iterable[str] = (), queues: Iterable[str] = ()) -> None:
+    """
+    Delete the exchange and queues of C{service}, and of its clients with
+    C{client_keys}, after the test.
+    """
+    names = [service] + [f"{service}.client.{key}" for key in client_keys] + list(queues)
+
+    async def remove() -> None:
+        connection = await open_connection(parse_url(BROKER_URL), reactor)
+        try:
+            for queue in names:
+                channel = await connection.channel()
+                await channel.delete_queue(queue)
+                await channel.close()
+            channel = await connection.channel()
+            await channel.delete_exchange(service)
+            await channel.close()
+        finally:
+            await connection.close()
+
+    testcase.addCleanup(lambda: defer.Deferred.fromCoroutine(remove()))
+
+
+async def message_count(testcase: unittest.TestCase, queue: str) -> int:
+    """
+    Return the number of ready messages in C{queue}.
+    """
+    channel = await raw_channel(testcase)
+    count, _consumers = await channel.declare_queue(queue, passive=True)
+    return count
+
+
+class Results:
+    """
+    A result handler for clients: records every (method, value, context)
+    it receives and fires waiters once a number of results arrived.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, Any, txass.RequestContext]] = []
+        self._waiters: list[tuple[int, defer.Deferred[None]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def record(value: Any) -> None:
+            self.received.append((name, value, txass.current_request()))
+            self._wake()
+
+        return record
+
+    def _wake(self) -> None:
+        ready = [(n, d) for n, d in self._waiters if len(self.received) >= n]
+        self._waiters = [(n, d) for n, d in self._waiters if len(self.received) < n]
+        for _, d in ready:
+            d.callback(None)
+
+    def values(self) -> list[Any]:
+        return [value for _, value, _ in self.received]
+
+    def wait_for(self, count: int, seconds: float = EVENT_TIMEOUT) -> defer.Deferred[None]:
+        """
+        Return a Deferred firing once C{count} results have arrived.
+        """
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append((count, d))
+        self._wake()
+        return within(d, seconds)
+
+
+def python_environment(**extra: str) -> dict[str, str]:
+    """
+    Return an environment for child processes that import this checkout.
+    """
+    environment = dict(os.environ)
+    paths = [TOP] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p]
+    environment["PYTHONPATH"] = os.pathsep.join(paths)
+    environment["TXASS_BROKER_URL"] = BROKER_URL
+    environment.update(extra)
+    return environment
+
+
+def twistd_command(*arguments: str) -> list[str]:
+    """
+    Return the command line running twistd with this interpreter.
+    """
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *arguments]
+
+
+def rabbitmqctl(*arguments: str) -> str:
+    """
+    Run C{rabbitmqctl} against the test broker and return its output.
+    """
+    result = subprocess.run(
+        ["rabbitmqctl", "-q", *arguments],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin"},
+    )
+    return result.stdout

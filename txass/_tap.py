@@ -1,0 +1,241 @@
+"""
+The C{twistd ass} command: host one service stage as a long-running daemon.
+
+    twistd -n ass --service echo --reactor mymod.Echo
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python import usage
+
+from txass._broker import DEFAULT_GRACE, DEFAULT_PREFETCH, Broker
+from txass._connection import URL_ENVIRONMENT_VARIABLE, InvalidURL, parse_url
+from txass._handler import load_handler, make_dispatcher
+from txass._server import Server
+from txass._topology import check_service_name
+from txass.errors import InvalidHandler, InvalidName, TxassError
+
+# twistd's own exit status for a stage that could not start or lost its
+# broker is 0 once the reactor stops; this status replaces it.
+EXIT_FAILURE = 1
+
+
+def _positive_integer(value: str) -> int:
+    number = int(value)
+    if not 1 <= number <= 65535:
+        raise ValueError(value)
+    return number
+
+
+class Options(usage.Options):
+    """
+    Command-line options of C{twistd ass}.
+    """
+
+    synopsis = "--service NAME --reactor MODULE.ATTRIBUTE [options]"
+    longdesc = (
+        "Serve the requests of one txass service with a handler: a class (a new "
+        "instance per request), a module (its public functions), a mapping of "
+        "method names to callables, or any other object.  On SIGTERM the stage "
+        "stops taking requests, lets those in flight finish and be acknowledged, "
+        "and exits with status 0."
+    )
+
+    optParameters = [
+        ["service", "s", None, "Name of the service to serve (required)."],
+        [
+            "reactor",
+            None,
+            None,
+            "Handler to serve requests with, as module.attribute, for example "
+            "mymod.Echo (required).  The current directory is importable.",
+        ],
+        ["handler", None, None, "Alias of --reactor."],
+        [
+            "broker",
+            "b",
+            None,
+            f"AMQP URI of the broker, such as amqp://user:password@host:5672/%2F "
+            f"[default: ${URL_ENVIRONMENT_VARIABLE}, else amqp://guest:guest@localhost:5672/%2F].",
+        ],
+        [
+            "prefetch",
+            "p",
+            DEFAULT_PREFETCH,
+            "Maximum number of requests held unacknowledged, and so served at once, "
+            "by this process (1 to 65535).",
+            _positive_integer,
+        ],
+        [
+            "grace",
+            "g",
+            DEFAULT_GRACE,
+            "Seconds to let requests in flight finish on shutdown before they are "
+            "requeued for another server.",
+            float,
+        ],
+    ]
+
+    optFlags = [
+        ["tracebacks", None, "Send the handler's traceback text in error replies (off by default)."],
+    ]
+
+    def postOptions(self) -> None:
+        if self["reactor"] and self["handler"] and self["reactor"] != self["handler"]:
+            raise usage.UsageError("--reactor and --handler name the same option; give only one")
+        self["reactor"] = self["reactor"] or self["handler"]
+        if not self["service"]:
+            raise usage.UsageError("--service is required: the name of the service to serve")
+        if not self["reactor"]:
+            raise usage.UsageError("--reactor is required: the handler to serve requests with, as module.attribute")
+        try:
+            check_service_name(self["service"])
+        except InvalidName as e:
+            raise usage.UsageError(str(e)) from None
+        try:
+            parse_url(self["broker"])
+        except InvalidURL as e:
+            raise usage.UsageError(str(e)) from None
+        if self["grace"] < 0:
+            raise usage.UsageError(f"--grace must be a number of seconds >= 0, not {self['grace']}")
+
+
+class StageService(Service):
+    """
+    The twistd service hosting one txass server.
+
+    It connects on start, and on stop drains the server before closing the
+    connection.  When it cannot connect, or the connection is lost, it logs
+    the error and stops the process with a non-zero exit status.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        service_name: str,
+        handler: Any,
+        *,
+        url: str | None = None,
+        prefetch: int = DEFAULT_PREFETCH,
+        grace: float | None = DEFAULT_GRACE,
+        send_tracebacks: bool = False,
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.service_name = service_name
+        self.handler = handler
+        self.url = url
+        self.prefetch = prefetch
+        self.grace = grace
+        self.send_tracebacks = send_tracebacks
+        self._reactor = reactor
+        self._broker: Broker | None = None
+        self._server: Server | None = None
+        self._starting: defer.Deferred[None] | None = None
+        self._stopping = False
+        self.exit_code = 0
+
+    def startService(self) -> None:
+        super().startService()
+        self._reactor.callWhenRunning(self._install_sigterm_handler)
+        self._starting = defer.Deferred.fromCoroutine(self._start())
+        self._starting.addErrback(self._start_failed)
+
+    def _install_sigterm_handler(self) -> None:
+        # twistd re-raises SIGTERM after a clean shutdown, so the process
+        # would end "killed by signal 15".  A drained stage exits with 0.
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_IGN,):
+            return
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, number: int, frame: Any) -> None:
+        self._reactor.callFromThread(self._terminate)
+
+    def _terminate(self) -> None:
+        self.log.info("SIGTERM received: draining {service}", service=self.service_name)
+        if self._reactor.running:
+            self._reactor.stop()
+
+    async def _start(self) -> None:
+        from txass import connect
+
+        self._broker = await connect(self.url, reactor=self._reactor)
+        self._server = await self._broker.service(self.service_name).react(
+            self.handler,
+            prefetch=self.prefetch,
+            grace=self.grace,
+            send_tracebacks=self.send_tracebacks,
+        )
+        self._server.when_stopped().addCallback(self._server_stopped)
+
+    def _server_stopped(self, _: None) -> None:
+        if not self._stopping:
+            self._fail("the server of {service} stopped unexpectedly; exiting")
+
+    def _start_failed(self, failure: Any) -> None:
+        if failure.check(TxassError):
+            self.log.error(
+                "cannot serve {service}: {error}",
+                service=self.service_name,
+                error=failure.value,
+            )
+        else:
+            self.log.failure("cannot serve {service}", failure, service=self.service_name)
+        self._fail("exiting with status {status}")
+
+    def _fail(self, message: str) -> None:
+        self.exit_code = EXIT_FAILURE
+        self.log.error(message, service=self.service_name, status=EXIT_FAILURE)
+        atexit.register(os._exit, EXIT_FAILURE)
+        if self._reactor.running:
+            self._reactor.stop()
+        else:
+            self._reactor.callWhenRunning(self._reactor.stop)
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        self._stopping = True
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self._starting is not None and not self._starting.called:
+            self._starting.cancel()
+        if self._broker is not None:
+            await self._broker.close()
+
+
+def makeService(options: Options) -> StageService:
+    """
+    Build the stage from parsed options.
+
+    A handler path that cannot be imported ends the process with a one-line
+    error before anything connects.
+    """
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        handler = load_handler(options["reactor"])
+        make_dispatcher(handler)
+    except InvalidHandler as e:
+        raise SystemExit(f"twistd ass: {e}") from None
+    return StageService(
+        options["service"],
+        handler,
+        url=options["broker"],
+        prefetch=options["prefetch"],
+        grace=options["grace"],
+        send_tracebacks=options["tracebacks"],
+    )
