@@ -439,8 +439,24 @@ class _PikaProtocol(TwistedProtocolConnection):
 
     handshake_error: Exception | None = None
 
+    def connectionLost(self, reason: Failure = internet_error.ConnectionDone()) -> None:  # type: ignore[assignment]
+        # NOTE: pika 1.3 and 1.4 replace the broker's Connection.Close reason
+        # by ConnectionDone once the socket closes, so it is read here first,
+        # from pika's private connection state.
+        connection = self._impl
+        if not connection.is_open and self.ready is not None:
+            pending = getattr(connection, "_error", None)
+            if isinstance(pending, pika.exceptions.ConnectionClosedByBroker):
+                self.handshake_error = pending
+            elif connection.connection_state == connection.CONNECTION_START:
+                self.handshake_error = pika.exceptions.ProbableAuthenticationError(repr(reason.value))
+            elif connection.connection_state == connection.CONNECTION_TUNE:
+                self.handshake_error = pika.exceptions.ProbableAccessDeniedError(repr(reason.value))
+        super().connectionLost(reason)
+
     def _on_connection_failed(self, _connection: Any, _error_message: Exception | None = None) -> None:
-        self.handshake_error = _error_message
+        if self.handshake_error is None:
+            self.handshake_error = _error_message
         super()._on_connection_failed(_connection, _error_message)
 
 

@@ -1,0 +1,170 @@
+"""
+Tests for broker URLs and for opening connections.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import defer
+from twisted.trial import unittest
+from twisted.trial.unittest import SynchronousTestCase
+
+import txass
+from tests.support import BROKER_URL, connect, unique_name, within
+from txass._connection import DEFAULT_URL, InvalidURL, parse_url
+
+
+def closed_port() -> int:
+    """
+    Return a loopback port nothing listens on.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class ParseURLTests(SynchronousTestCase):
+    def test_full_url(self) -> None:
+        """
+        When every part is given, then each is parsed, the vhost
+        percent-decoded.
+        """
+        address = parse_url("amqp://alice:p%40ss@broker.example:5673/my%2Fvhost?heartbeat=15&connection_timeout=2.5")
+        self.assertEqual(address.host, "broker.example")
+        self.assertEqual(address.port, 5673)
+        self.assertEqual(address.user, "alice")
+        self.assertEqual(address.password, "p@ss")
+        self.assertEqual(address.vhost, "my/vhost")
+        self.assertEqual(address.heartbeat, 15)
+        self.assertEqual(address.connection_timeout, 2.5)
+        self.assertFalse(address.tls)
+
+    def test_default_vhost(self) -> None:
+        """
+        When the path is empty or %2F, then the vhost is /.
+        """
+        for url in ["amqp://h", "amqp://h/", "amqp://h/%2F"]:
+            with self.subTest(url=url):
+                self.assertEqual(parse_url(url).vhost, "/")
+
+    def test_default_url(self) -> None:
+        """
+        When no URL is given and TXASS_BROKER_URL is unset, then the guest
+        account on localhost is used.
+        """
+        self.patch_environment(None)
+        address = parse_url(None)
+        self.assertEqual((address.host, address.port, address.vhost, address.user), ("localhost", 5672, "/", "guest"))
+        self.assertEqual(DEFAULT_URL, "amqp://guest:guest@localhost:5672/%2F")
+
+    def test_environment_url(self) -> None:
+        """
+        When TXASS_BROKER_URL is set, then it is the default.
+        """
+        self.patch_environment("amqp://bob:pw@127.0.0.2:5999/v")
+        address = parse_url(None)
+        self.assertEqual((address.host, address.port, address.vhost, address.user), ("127.0.0.2", 5999, "v", "bob"))
+
+    def patch_environment(self, value: str | None) -> None:
+        import os
+
+        old = os.environ.pop("TXASS_BROKER_URL", None)
+        if value is not None:
+            os.environ["TXASS_BROKER_URL"] = value
+
+        def restore() -> None:
+            os.environ.pop("TXASS_BROKER_URL", None)
+            if old is not None:
+                os.environ["TXASS_BROKER_URL"] = old
+
+        self.addCleanup(restore)
+
+    def test_amqps_port(self) -> None:
+        """
+        When the scheme is amqps, then TLS is on and the port is 5671.
+        """
+        address = parse_url("amqps://h")
+        self.assertTrue(address.tls)
+        self.assertEqual(address.port, 5671)
+
+    def test_invalid_urls(self) -> None:
+        """
+        When a URL has another scheme, a bad port or an unknown or invalid
+        option, then InvalidURL is raised.
+        """
+        for url in ["http://h", "amqp://h:notaport", "amqp://h?bogus=1", "amqp://h?heartbeat=x", "amqp://h?heartbeat=-1"]:
+            with self.subTest(url=url):
+                self.assertRaises(InvalidURL, parse_url, url)
+
+    def test_safe_url_hides_password(self) -> None:
+        """
+        When an address is shown, then the password is replaced by ***.
+        """
+        address = parse_url("amqp://alice:s3cret@h:1/v")
+        self.assertEqual(address.safe_url(), "amqp://alice:***@h:1/v")
+        self.assertNotIn("s3cret", repr(address))
+
+
+class ConnectTests(unittest.TestCase):
+    async def test_connects(self) -> None:
+        """
+        When the broker is reachable, then connect fires with an open Broker.
+        """
+        broker = await connect(self)
+        self.assertTrue(broker.is_open)
+
+    async def test_refused(self) -> None:
+        """
+        When nothing listens at the address, then connect fails with
+        ConnectionFailed naming host, port, vhost and user, not the password.
+        """
+        port = closed_port()
+        d = txass.connect(f"amqp://alice:s3cret@127.0.0.1:{port}/%2F")
+        error = await self.assertFailure(within(d), txass.ConnectionFailed)
+        message = str(error)
+        self.assertIn(f"127.0.0.1:{port}", message)
+        self.assertIn("'/'", message)
+        self.assertIn("'alice'", message)
+        self.assertIn("refused", message)
+        self.assertNotIn("s3cret", message)
+        self.assertNotIn("s3cret", repr(error))
+
+    async def test_wrong_password(self) -> None:
+        """
+        When the password is wrong, then connect fails with
+        AuthenticationFailed, without the password in the message.
+        """
+        d = txass.connect("amqp://guest:wr0ng-pass@127.0.0.1:5672/%2F")
+        error = await self.assertFailure(within(d), txass.AuthenticationFailed)
+        self.assertIn("'guest'", str(error))
+        self.assertIn("password", str(error))
+        self.assertNotIn("wr0ng-pass", str(error))
+
+    async def test_missing_vhost(self) -> None:
+        """
+        When the vhost does not exist, then connect fails with VhostNotFound
+        naming the vhost.
+        """
+        vhost = unique_name("no-vhost")
+        d = txass.connect(f"amqp://guest:guest@127.0.0.1:5672/{vhost}")
+        error = await self.assertFailure(within(d), txass.VhostNotFound)
+        self.assertIn(repr(vhost), str(error))
+        self.assertIn("127.0.0.1:5672", str(error))
+
+    async def test_close_fires_when_closed(self) -> None:
+        """
+        When a broker is closed, then when_closed fires and is_open is false.
+        """
+        broker = await txass.connect(BROKER_URL)
+        closed = broker.when_closed()
+        await broker.close()
+        reason = await within(closed)
+        self.assertIsInstance(reason, txass.ConnectionLost)
+        self.assertFalse(broker.is_open)
+
+    async def test_invalid_url_fails_deferred(self) -> None:
+        """
+        When the URL is invalid, then the Deferred fails with InvalidURL.
+        """
+        await self.assertFailure(txass.connect("http://localhost"), txass.InvalidURL)
