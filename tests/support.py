@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -94,25 +94,39 @@ async def message_count(testcase: unittest.TestCase, queue: str) -> int:
     return count
 
 
-class Results:
+class Results(Mapping[str, Any]):
     """
     A result handler for clients: records every (method, value, context)
     it receives and fires waiters once a number of results arrived.
+
+    It is a mapping handler with a recording callback for every public
+    method name, so C{client.react(results)} accepts results of any method.
     """
 
     def __init__(self) -> None:
         self.received: list[tuple[str, Any, txass.RequestContext]] = []
         self._waiters: list[tuple[int, defer.Deferred[None]]] = []
 
-    def __getattr__(self, name: str) -> Any:
+    def __getitem__(self, name: str) -> Any:
         if name.startswith("_"):
-            raise AttributeError(name)
+            raise KeyError(name)
 
         def record(value: Any) -> None:
             self.received.append((name, value, txass.current_request()))
             self._wake()
 
         return record
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self[name]
 
     def _wake(self) -> None:
         ready = [(n, d) for n, d in self._waiters if len(self.received) >= n]

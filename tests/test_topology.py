@@ -41,7 +41,7 @@ class TopologyTests(SynchronousTestCase):
         When a service name is empty, too long, reserved or holds other
         characters, then InvalidName is raised.
         """
-        for name in ["", "a" * 201, "amq.echo", "has space", "-lead", "é", None, 3]:
+        for name in ["", "a" * 201, "amq.echo", "has space", "-lead", "é", None, 3, "echo.client.web"]:
             with self.subTest(name=name):
                 self.assertRaises(InvalidName, check_service_name, name)
 

@@ -4,6 +4,7 @@ The broker connection users hold, and the services reached through it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from twisted.internet import defer
@@ -35,7 +36,7 @@ class Broker:
         self._connection = connection
         self._reactor = reactor
         self.address: BrokerAddress = connection.address
-        self._publisher_channel = SharedResult(self._open_publisher)
+        self._publisher_channel = self._reopening_channel()
         self._declare_channel = SharedResult(self._open_declarer)
         self._servers: set[Server] = set()
         self._clients: set[Client] = set()
@@ -71,10 +72,19 @@ class Broker:
     async def _open_channel(self, *, confirms: bool = False) -> AMQPChannel:
         return await self._connection.channel(confirms=confirms)
 
-    async def _open_publisher(self) -> AMQPChannel:
-        channel = await self._open_channel(confirms=True)
-        channel.when_closed().addCallback(lambda _: self._publisher_channel.reset())
-        return channel
+    def _reopening_channel(self) -> SharedResult[AMQPChannel]:
+        """
+        Return a confirm channel that is opened on first use and opened
+        again on the next use after it closed.
+        """
+
+        async def open_channel() -> AMQPChannel:
+            channel = await self._open_channel(confirms=True)
+            channel.when_closed().addCallback(lambda _: shared.reset())
+            return channel
+
+        shared = SharedResult(open_channel)
+        return shared
 
     async def _open_declarer(self) -> AMQPChannel:
         channel = await self._open_channel()
@@ -107,13 +117,17 @@ class Broker:
         dispatcher = make_dispatcher(handler)
         await self._declare_service(topology)
         consumer = await self._open_channel()
+        # Each server publishes its replies on a confirm channel of its own,
+        # so a channel error caused by a client or another server (such as
+        # publishing to a deleted exchange) never stops its replies.
+        publisher = self._reopening_channel()
         try:
             server = Server(
                 topology,
                 dispatcher,
                 broker=self,
                 consumer=consumer,
-                publisher=await self._publisher(),
+                publisher=publisher.get,
                 prefetch=prefetch,
                 grace=grace,
                 send_tracebacks=send_tracebacks,
@@ -124,7 +138,12 @@ class Broker:
             await consumer.close()
             raise
         self._servers.add(server)
-        server.when_stopped().addCallback(lambda _: self._servers.discard(server))
+
+        def stopped(_: None) -> defer.Deferred[None]:
+            self._servers.discard(server)
+            return defer.Deferred.fromCoroutine(_close_shared(publisher))
+
+        server.when_stopped().addCallback(stopped)
         return server
 
     def close(self) -> defer.Deferred[None]:
@@ -152,6 +171,15 @@ class Broker:
         except TxassError:
             pass
         self.log.info("closed connection to {url}", url=self.address.safe_url())
+
+
+async def _close_shared(shared: SharedResult[AMQPChannel]) -> None:
+    channel = shared.current()
+    if channel is not None:
+        try:
+            await channel.close()
+        except TxassError:
+            pass
 
 
 class Service:
@@ -200,7 +228,7 @@ class Service:
         """
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 1 <= prefetch <= 65535:
             raise ValueError(f"prefetch must be an integer from 1 to 65535, not {prefetch!r}")
-        if grace is not None and grace < 0:
+        if grace is not None and not (isinstance(grace, (int, float)) and math.isfinite(grace) and grace >= 0):
             raise ValueError(f"grace must be a number of seconds >= 0 or None, not {grace!r}")
         make_dispatcher(handler)
         return defer.Deferred.fromCoroutine(

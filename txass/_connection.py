@@ -261,6 +261,13 @@ class AMQPChannel:
         self._closed: defer.Deferred[Exception] = defer.Deferred()
         channel.on_closed.addBoth(self._on_closed)
         self.close_reason: Exception | None = None
+        self._cancel_callbacks: dict[str, Callable[[], None]] = {}
+        self._raw.add_on_cancel_callback(self._on_cancelled_by_broker)
+
+    def _on_cancelled_by_broker(self, frame: Any) -> None:
+        callback = self._cancel_callbacks.pop(frame.method.consumer_tag, None)
+        if callback is not None:
+            callback()
 
     def _on_closed(self, reason: Any) -> None:
         if isinstance(reason, Failure):
@@ -372,11 +379,14 @@ class AMQPChannel:
         on_delivery: Callable[[Delivery], None],
         *,
         exclusive: bool = False,
+        on_cancelled: Callable[[], None] | None = None,
     ) -> str:
         """
         Start consuming C{queue} with manual acknowledgements.
 
         @param on_delivery: Called with each L{Delivery}, in order.
+        @param on_cancelled: Called when the broker cancels the consumer,
+            for example because the queue was deleted.
         @return: The consumer tag.
         """
 
@@ -404,13 +414,18 @@ class AMQPChannel:
             callback=lambda frame: started.called or started.callback(frame),
         )
         frame = await started
-        return str(frame.method.consumer_tag)
+        tag = str(frame.method.consumer_tag)
+        if on_cancelled is not None:
+            self._cancel_callbacks[tag] = on_cancelled
+        return tag
 
     async def cancel(self, consumer_tag: str) -> None:
         """
         Cancel a consumer; deliveries already sent may still arrive.
         """
-        if not self._channel.is_open:
+        self._cancel_callbacks.pop(consumer_tag, None)
+        if not self._channel.is_open or consumer_tag not in self._raw.consumer_tags:
+            # The broker cancelled it already, or the channel is gone.
             return
         done: defer.Deferred[Any] = defer.Deferred()
         self._closed.addBoth(lambda reason: (done.called or done.callback(None), reason)[1])

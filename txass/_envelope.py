@@ -165,7 +165,9 @@ def decode_reply(body: bytes, content_type: str | None) -> Reply:
     """
     envelope = _decode_object(body, content_type, "reply")
     method = envelope.get("method")
-    if not isinstance(method, str) or not method:
+    if not isinstance(method, str) or not (method or "error" in envelope):
+        # An error reply to a request that could not be decoded may have
+        # an empty method.
         raise InvalidRequest(f"reply field 'method' must be a non-empty string, found {method!r}")
     meta = _decode_meta(envelope, "reply")
     if "error" in envelope:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import traceback as traceback_module
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import defer
@@ -39,7 +40,7 @@ class ConsumerChannel(Protocol):
     The part of an AMQP channel a server consumes with.
     """
 
-    async def consume(self, queue: str, on_delivery: Any, *, exclusive: bool = False) -> str: ...
+    async def consume(self, queue: str, on_delivery: Any, *, exclusive: bool = False, on_cancelled: Any = None) -> str: ...
 
     async def cancel(self, consumer_tag: str) -> None: ...
 
@@ -95,7 +96,7 @@ class Server:
         *,
         broker: Broker | None,
         consumer: ConsumerChannel,
-        publisher: PublishChannel,
+        publisher: Callable[[], Awaitable[PublishChannel]],
         prefetch: int,
         grace: float | None,
         send_tracebacks: bool = False,
@@ -133,7 +134,9 @@ class Server:
         """
         await self._consumer.set_prefetch(self.prefetch)
         self._consumer.when_closed().addCallback(self._on_channel_closed)
-        self._consumer_tag = await self._consumer.consume(self.topology.queue, self._on_delivery)
+        self._consumer_tag = await self._consumer.consume(
+            self.topology.queue, self._on_delivery, on_cancelled=self._on_cancelled
+        )
         self.state = "running"
         self.log.info(
             "serving {service} with {handler} (prefetch {prefetch})",
@@ -141,6 +144,18 @@ class Server:
             handler=self.dispatcher.description,
             prefetch=self.prefetch,
         )
+
+    def _on_cancelled(self) -> None:
+        if self.state != "running":
+            return
+        self.log.error(
+            "the broker cancelled the consumer of {service} (was queue {queue!r} deleted?); "
+            "this server stops taking requests",
+            service=self.service,
+            queue=self.topology.queue,
+        )
+        self._consumer_tag = None
+        self.stop()
 
     def _on_channel_closed(self, reason: Exception) -> None:
         if self.state in ("stopped", "draining"):
@@ -182,7 +197,8 @@ class Server:
                 service=self.service,
                 error=e,
             )
-            await self._reply_and_ack(delivery, "", {}, self._error_body("", e, {}))
+            method = properties.type or ""
+            await self._reply_and_ack(delivery, method, {}, self._error_body(method, e, {}))
             return
 
         context = RequestContext(
@@ -273,7 +289,8 @@ class Server:
                 delivery_mode=PERSISTENT,
             )
             try:
-                await self._publisher.publish("", reply_to, body, reply_properties, mandatory=True)
+                publisher = await self._publisher()
+                await publisher.publish("", reply_to, body, reply_properties, mandatory=True)
             except UnroutableMessage:
                 self.log.warn(
                     "reply to request {message_id} of {service}.{method} dropped: "

@@ -7,6 +7,7 @@ The C{twistd ass} command: host one service stage as a long-running daemon.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import signal
 import sys
@@ -29,10 +30,13 @@ from txass.errors import InvalidHandler, InvalidName, TxassError
 EXIT_FAILURE = 1
 
 
-def _positive_integer(value: str) -> int:
-    number = int(value)
+def _prefetch(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
     if not 1 <= number <= 65535:
-        raise ValueError(value)
+        raise ValueError(f"--prefetch must be an integer from 1 to 65535, not {value!r}")
     return number
 
 
@@ -73,7 +77,7 @@ class Options(usage.Options):
             DEFAULT_PREFETCH,
             "Maximum number of requests held unacknowledged, and so served at once, "
             "by this process (1 to 65535).",
-            _positive_integer,
+            _prefetch,
         ],
         [
             "grace",
@@ -105,8 +109,8 @@ class Options(usage.Options):
             parse_url(self["broker"])
         except InvalidURL as e:
             raise usage.UsageError(str(e)) from None
-        if self["grace"] < 0:
-            raise usage.UsageError(f"--grace must be a number of seconds >= 0, not {self['grace']}")
+        if not (math.isfinite(self["grace"]) and self["grace"] >= 0):
+            raise usage.UsageError(f"--grace must be a finite number of seconds >= 0, not {self['grace']}")
 
 
 class StageService(Service):

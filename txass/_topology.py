@@ -49,9 +49,14 @@ def check_service_name(name: object) -> str:
     """
     Return C{name} if it can name a service.
 
-    @raise InvalidName: if it cannot.
+    @raise InvalidName: if it cannot, for example because it contains
+        C{.client.}, which would make its queue the result queue of a
+        client of another service.
     """
-    return _check_name(name, "service name", MAX_SERVICE_NAME)
+    name = _check_name(name, "service name", MAX_SERVICE_NAME)
+    if ".client." in name:
+        raise InvalidName(f"invalid service name {name!r}: '.client.' is kept for result queues")
+    return name
 
 
 def check_client_key(key: object) -> str:

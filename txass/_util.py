@@ -32,6 +32,12 @@ class SharedResult(Generic[T]):
         self._has_value = False
         self._value = None
 
+    def current(self) -> T | None:
+        """
+        Return the value if one was computed, without computing it.
+        """
+        return self._value if self._has_value else None
+
     async def get(self) -> T:
         if self._has_value:
             return self._value  # type: ignore[return-value]
