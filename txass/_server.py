@@ -357,12 +357,19 @@ class Server:
             except TxassError as e:
                 self.log.warn("cancelling consumer of {service} failed: {error}", service=self.service, error=e)
         if self._in_flight:
+            # Handlers still running after the grace period are not
+            # cancelled: they may not support it, and their requests go back
+            # to the queue whatever they do.
             pending = defer.DeferredList(list(self._in_flight.values()), consumeErrors=True)
-            if grace is not None:
-                pending.addTimeout(grace, self._reactor)
-            try:
+            if grace is None:
                 await pending
-            except defer.TimeoutError:
+            else:
+                timer: defer.Deferred[None] = defer.Deferred()
+                call = self._reactor.callLater(grace, timer.callback, None)
+                await defer.DeferredList([pending, timer], fireOnOneCallback=True, consumeErrors=True)
+                if call.active():
+                    call.cancel()
+            if self._in_flight:
                 unfinished = sorted(self._in_flight)
                 self.log.warn(
                     "{count} requests to {service} did not finish within {grace:g} s; "
