@@ -15,7 +15,7 @@ from txass._connection import AMQPChannel, AMQPConnection, BrokerAddress, open_c
 from txass._handler import make_dispatcher
 from txass._server import Server
 from txass._topology import Topology
-from txass._util import SharedResult
+from txass._util import SharedResult, when_done
 from txass.errors import ChannelClosed, ConnectionLost, TxassError
 
 DEFAULT_PREFETCH = 10
@@ -157,9 +157,7 @@ class Broker:
         """
         if self._closing is None:
             self._closing = defer.Deferred.fromCoroutine(self._close())
-        d: defer.Deferred[None] = defer.Deferred()
-        self._closing.addBoth(lambda result: (d.callback(None), result)[1])
-        return d
+        return when_done(self._closing)
 
     async def _close(self) -> None:
         stops = [server.stop() for server in list(self._servers)]

@@ -258,7 +258,7 @@ class AMQPChannel:
         # without one Deferred per message.
         self._raw = channel._channel
         self.confirms = confirms
-        self._closed: defer.Deferred[Exception] = defer.Deferred()
+        self._close_callbacks: list[Callable[[Exception], object]] = []
         channel.on_closed.addBoth(self._on_closed)
         self.close_reason: Exception | None = None
         self._cancel_callbacks: dict[str, Callable[[], None]] = {}
@@ -281,7 +281,15 @@ class AMQPChannel:
         else:
             exc = ChannelClosed(0, "closed")
         self.close_reason = exc
-        self._closed.callback(exc)
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in callbacks:
+            callback(exc)
+
+    def _call_when_closed(self, callback: Callable[[Exception], object]) -> None:
+        if self.close_reason is not None:
+            callback(self.close_reason)
+        else:
+            self._close_callbacks.append(callback)
 
     @property
     def is_open(self) -> bool:
@@ -293,10 +301,7 @@ class AMQPChannel:
         L{ConnectionLost} describing why the channel closed.
         """
         d: defer.Deferred[Exception] = defer.Deferred()
-        if self.close_reason is not None:
-            d.callback(self.close_reason)
-        else:
-            self._closed.addBoth(lambda reason: (d.callback(reason), reason)[1])
+        self._call_when_closed(d.callback)
         return d
 
     async def declare_exchange(self, name: str, exchange_type: str = "direct", *, durable: bool = True) -> None:
@@ -371,7 +376,8 @@ class AMQPChannel:
             )
         except Exception:
             return defer.fail(_translate(Failure()))
-        return d.addCallbacks(lambda _: None, _translate)
+        confirmed: defer.Deferred[None] = d.addCallbacks(lambda _: None, _translate)
+        return confirmed
 
     async def consume(
         self,
@@ -405,13 +411,22 @@ class AMQPChannel:
         if not self._channel.is_open:
             raise self.close_reason or ChannelClosed(0, "channel is not open")
         started: defer.Deferred[Any] = defer.Deferred()
-        self._closed.addBoth(lambda reason: (started.called or started.errback(reason), reason)[1])
+
+        def consume_failed(reason: Exception) -> None:
+            if not started.called:
+                started.errback(reason)
+
+        def consume_ok(frame: Any) -> None:
+            if not started.called:
+                started.callback(frame)
+
+        self._call_when_closed(consume_failed)
         self._raw.basic_consume(
             queue=queue,
             on_message_callback=on_message,
             auto_ack=False,
             exclusive=exclusive,
-            callback=lambda frame: started.called or started.callback(frame),
+            callback=consume_ok,
         )
         frame = await started
         tag = str(frame.method.consumer_tag)
@@ -427,9 +442,14 @@ class AMQPChannel:
         if not self._channel.is_open or consumer_tag not in self._raw.consumer_tags:
             # The broker cancelled it already, or the channel is gone.
             return
-        done: defer.Deferred[Any] = defer.Deferred()
-        self._closed.addBoth(lambda reason: (done.called or done.callback(None), reason)[1])
-        self._raw.basic_cancel(consumer_tag, callback=lambda _frame: done.called or done.callback(None))
+        done: defer.Deferred[None] = defer.Deferred()
+
+        def finished(_: object) -> None:
+            if not done.called:
+                done.callback(None)
+
+        self._call_when_closed(finished)
+        self._raw.basic_cancel(consumer_tag, callback=finished)
         await done
 
     def ack(self, delivery_tag: int) -> None:

@@ -19,6 +19,7 @@ from txass._connection import Delivery, MessageProperties
 from txass._context import RequestContext, run_in_context
 from txass._handler import Dispatcher, call_handler
 from txass._topology import Topology
+from txass._util import when_done
 from txass.errors import (
     ChannelClosed,
     ConnectionLost,
@@ -217,7 +218,7 @@ class Server:
             result = await outcome
         except Exception as e:
             self._log_handler_error(context, Failure())
-            body = self._error_body(request.method, e, request.meta)
+            body: bytes | None = self._error_body(request.method, e, request.meta)
         else:
             body = self._result_body(context, result, request.meta)
         await self._reply_and_ack(delivery, request.method, request.meta, body)
@@ -339,9 +340,7 @@ class Server:
             if grace is not None and grace < 0:
                 grace = self.grace
             self._stopping = defer.Deferred.fromCoroutine(self._drain(grace))
-        d: defer.Deferred[None] = defer.Deferred()
-        self._stopping.addBoth(lambda result: (d.callback(None), result)[1])
-        return d
+        return when_done(self._stopping)
 
     async def _drain(self, grace: float | None) -> None:
         previous = self.state
@@ -360,7 +359,7 @@ class Server:
             # Handlers still running after the grace period are not
             # cancelled: they may not support it, and their requests go back
             # to the queue whatever they do.
-            pending = defer.DeferredList(list(self._in_flight.values()), consumeErrors=True)
+            pending = when_done(defer.DeferredList(list(self._in_flight.values()), consumeErrors=True))
             if grace is None:
                 await pending
             else:

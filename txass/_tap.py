@@ -153,7 +153,7 @@ class StageService(Service):
         self.exit_code = 0
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._reactor.callWhenRunning(self._install_sigterm_handler)
         self._starting = defer.Deferred.fromCoroutine(self._start())
         self._starting.addErrback(self._start_failed)
@@ -210,7 +210,7 @@ class StageService(Service):
             self._reactor.callWhenRunning(self._reactor.stop)
 
     def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self._stopping = True
         return defer.Deferred.fromCoroutine(self._stop())
 

@@ -5,12 +5,27 @@ Small asynchronous helpers shared by the other modules.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
+
+
+def when_done(source: defer.Deferred[Any]) -> defer.Deferred[None]:
+    """
+    Return a new Deferred that fires with L{None} once C{source} has fired,
+    whatever its result; C{source} keeps its result for other callbacks.
+    """
+    done: defer.Deferred[None] = defer.Deferred()
+
+    def fire(result: object) -> object:
+        done.callback(None)
+        return result
+
+    source.addBoth(fire)
+    return done
 
 
 class SharedResult(Generic[T]):
