@@ -2,11 +2,18 @@
 Tests of the public facade and the packaging of the twistd plugin.
 """
 
+import glob
+import os
+import subprocess
+import sys
+import zipfile
+
+from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
 import txass
-from twisted.application.service import IServiceMaker
+from tests.support import TOP
 
 
 class FacadeTests(SynchronousTestCase):
@@ -52,3 +59,22 @@ class FacadeTests(SynchronousTestCase):
         """
         names = [maker.tapname for maker in getPlugins(IServiceMaker)]
         self.assertIn("ass", names)
+
+    def test_wheel_has_no_plugins_package(self) -> None:
+        """
+        When the distribution is built, then it holds the plugin module but
+        no twisted/plugins/__init__.py, which would hide other plugins.
+        """
+        target = self.mktemp()
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", target, TOP],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        [wheel] = glob.glob(os.path.join(target, "txass-*.whl"))
+        names = zipfile.ZipFile(wheel).namelist()
+        self.assertIn("twisted/plugins/txass_plugin.py", names)
+        self.assertNotIn("twisted/plugins/__init__.py", names)
+        self.assertNotIn("twisted/__init__.py", names)
+        self.assertIn("txass/py.typed", names)
