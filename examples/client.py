@@ -31,7 +31,7 @@ import txass
 
 SERVICE = "echo"
 
-# The data of the requests, taken in turn; the first request is foo(42).
+# The data of the requests, taken in turn, so the first request is foo(42).
 SAMPLE_DATA: list[Any] = [42, "hello", [1, 2, 3], {"answer": 42}]
 METHODS = ["foo", "bar"]
 
@@ -41,10 +41,11 @@ class PrintResults:
     The result handler: C{foo} and C{bar} receive the results of the
     requests of the same name.
 
-    The client gets one instance, so that this object sees every result
-    and can tell when all results of this run have arrived.  Each request
-    carries C{meta={"run": run_id}}, which comes back with its result, so
-    results of an earlier run of a keyed client are told apart.
+    The client gets one instance, so that this one object receives every
+    result and can tell when all results of this run have arrived.  Each
+    request carries C{meta={"run": run_id}}, which comes back with its
+    result, so the handler can recognize the results of an earlier run of a
+    keyed client.
     """
 
     def __init__(self, run_id: str, expected: int) -> None:
@@ -62,15 +63,15 @@ class PrintResults:
     def _show(self, result: Any) -> None:
         request = txass.current_request()
         if isinstance(result, txass.RemoteError):
-            shown = f"error {result.type}: {result.message}"
+            text = f"error {result.type}: {result.message}"
         else:
-            shown = repr(result)
+            text = repr(result)
         if request.meta.get("run") != self._run_id:
-            print(f"{request.method} {request.correlation_id} -> {shown} (earlier run)", flush=True)
+            print(f"{request.method} {request.correlation_id} -> {text} (earlier run)", flush=True)
             return
-        print(f"{request.method} {request.correlation_id} -> {shown}", flush=True)
-        # A set, because a result is delivered twice when the server stopped
-        # between sending it and acknowledging the request.
+        print(f"{request.method} {request.correlation_id} -> {text}", flush=True)
+        # A set, because a redelivered request (after a server crashed or
+        # ran out of grace period) can yield two results with one id.
         self._arrived.add(request.correlation_id)
         if len(self._arrived) >= self._expected and not self.all_arrived.called:
             self.all_arrived.callback(None)

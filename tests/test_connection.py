@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import socket
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from twisted.trial.unittest import SynchronousTestCase
 
 import txass
-from tests.support import BROKER_URL, connect, unique_name, within
+from tests.support import BROKER_URL, connect, remove_after, unique_name, within
 from txass._connection import DEFAULT_URL, InvalidURL, parse_url
 
 
@@ -168,3 +168,20 @@ class ConnectTests(unittest.TestCase):
         When the URL is invalid, then the Deferred fails with InvalidURL.
         """
         await self.assertFailure(txass.connect("http://localhost"), txass.InvalidURL)
+
+
+class ConnectionLossTests(unittest.TestCase):
+    async def test_call_fails_with_connection_lost(self) -> None:
+        """
+        When the connection drops while a call waits for its confirm, then
+        the call fails with txass.ConnectionLost.
+        """
+        name = unique_name("lost")
+        remove_after(self, name)
+        broker = await txass.connect(BROKER_URL)
+        client = broker.service(name).client()
+        await client.call("foo", 1)
+        pending = client.call("foo", 2)
+        transport = broker._connection._protocol.transport
+        reactor.callLater(0, transport.abortConnection)
+        await self.assertFailure(within(pending), txass.ConnectionLost)

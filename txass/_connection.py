@@ -233,7 +233,15 @@ def _translate(failure: Failure) -> Failure:
         return Failure(UnroutableMessage("", ""))
     if isinstance(e, pika.exceptions.NackError):
         return Failure(PublishFailed("the broker rejected the message (basic.nack)"))
-    if isinstance(e, (pika.exceptions.ConnectionClosed, pika.exceptions.AMQPConnectionError)):
+    if isinstance(
+        e,
+        (
+            pika.exceptions.ConnectionClosed,
+            pika.exceptions.AMQPConnectionError,
+            internet_error.ConnectionLost,
+            internet_error.ConnectionDone,
+        ),
+    ):
         return Failure(ConnectionLost(f"connection to the broker lost: {e!r}"))
     if isinstance(e, pika.exceptions.ChannelWrongStateError):
         return Failure(ChannelClosed(0, str(e)))

@@ -56,21 +56,25 @@ class SharedResult(Generic[T]):
     async def get(self) -> T:
         if self._has_value:
             return self._value  # type: ignore[return-value]
-        if self._waiters is not None:
-            waiter: defer.Deferred[T] = defer.Deferred()
+        waiter: defer.Deferred[T] = defer.Deferred()
+        if self._waiters is None:
+            # Callers resume in the order they asked, the first one first.
+            self._waiters = [waiter]
+            defer.Deferred.fromCoroutine(self._compute())
+        else:
             self._waiters.append(waiter)
-            return await waiter
-        self._waiters = []
+        return await waiter
+
+    async def _compute(self) -> None:
         try:
             value = await self._function()
         except BaseException:
             failure = Failure()
-            waiters, self._waiters = self._waiters, None
+            waiters, self._waiters = self._waiters or [], None
             for waiter in waiters:
                 waiter.errback(failure)
-            raise
+            return
         self._value, self._has_value = value, True
-        waiters, self._waiters = self._waiters, None
+        waiters, self._waiters = self._waiters or [], None
         for waiter in waiters:
             waiter.callback(value)
-        return value
