@@ -401,3 +401,43 @@ class ServiceTests(unittest.TestCase):
         broker = await connect(self)
         service = broker.service(unique_name("p"))
         self.assertRaises(ValueError, service.react, Echo, prefetch=0)
+
+
+class ClientQueueTests(unittest.TestCase):
+    async def test_cast_declares_no_result_queue(self) -> None:
+        """
+        When a client only casts, then no result queue is declared for it
+        and the broker does not keep track of it.
+        """
+        name = unique_name("cast")
+        remove_after(self, name)
+        broker = await connect(self)
+        client = broker.service(name).client()
+        await client.cast("record", 1)
+        channel = await raw_channel(self)
+        error = await self.assertFailure(
+            defer.Deferred.fromCoroutine(channel.declare_queue(client.queue, passive=True)), txass.ChannelClosed
+        )
+        self.assertEqual(error.reply_code, 404)
+        self.assertEqual(len(broker._clients), 0)
+
+    async def test_routing_key_results_wait(self) -> None:
+        """
+        When a call routes its result to a key whose client has not started,
+        then the result waits in that key's durable queue and reaches the
+        client once it reacts.
+        """
+        name = unique_name("routed")
+        remove_after(self, name, client_keys=["later"])
+        broker = await connect(self)
+        await broker.service(name).react(Echo)
+        await broker.service(name).client().call("foo", 9, routing_key="later")
+        queue = f"{name}.client.later"
+        for _ in range(100):
+            if await message_count(self, queue) == 1:
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        results = Results()
+        await broker.service(name).client(key="later").react(results)
+        await results.wait_for(1)
+        self.assertEqual(results.values(), [["server", "foo", 9]])

@@ -5,6 +5,7 @@ The broker connection users hold, and the services reached through it.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -38,6 +39,9 @@ class Broker:
         self.address: BrokerAddress = connection.address
         self._publisher_channel = self._reopening_channel()
         self._declare_channel = SharedResult(self._open_declarer)
+        # NOTE: declarations are made once per connection; a queue deleted
+        # later is not declared again by this broker object.
+        self._declarations: dict[tuple[str, str], SharedResult[None]] = {}
         self._servers: set[Server] = set()
         self._clients: set[Client] = set()
         self._closing: defer.Deferred[None] | None = None
@@ -98,20 +102,40 @@ class Broker:
         """
         return await self._publisher_channel.get()
 
+    async def _declare_once(self, kind: str, name: str, declare: Callable[[], Awaitable[None]]) -> None:
+        key = (kind, name)
+        declaration = self._declarations.get(key)
+        if declaration is None:
+            declaration = self._declarations[key] = SharedResult(declare)
+        await declaration.get()
+
     async def _declare_service(self, topology: Topology) -> None:
         """
-        Declare the durable exchange and queue of a service and bind them.
-        The declarations are idempotent, so clients and servers both make
-        them: requests sent before any server ran wait in the queue.
+        Declare the durable exchange and queue of a service and bind them,
+        once per connection.  The declarations are idempotent, so clients
+        and servers both make them: requests sent before any server ran
+        wait in the queue.
         """
-        channel = await self._declare_channel.get()
-        await channel.declare_exchange(topology.exchange, "direct", durable=True)
-        await channel.declare_queue(topology.queue, durable=True)
-        await channel.bind_queue(topology.queue, topology.exchange, topology.routing_key)
+
+        async def declare() -> None:
+            channel = await self._declare_channel.get()
+            await channel.declare_exchange(topology.exchange, "direct", durable=True)
+            await channel.declare_queue(topology.queue, durable=True)
+            await channel.bind_queue(topology.queue, topology.exchange, topology.routing_key)
+
+        await self._declare_once("service", topology.service, declare)
 
     async def _declare_result_queue(self, queue: str, *, durable: bool) -> None:
-        channel = await self._declare_channel.get()
-        await channel.declare_queue(queue, durable=durable, exclusive=not durable)
+        """
+        Declare a client's result queue, once per connection: durable for a
+        keyed client, exclusive to this connection otherwise.
+        """
+
+        async def declare() -> None:
+            channel = await self._declare_channel.get()
+            await channel.declare_queue(queue, durable=durable, exclusive=not durable)
+
+        await self._declare_once("queue", queue, declare)
 
     async def _start_server(self, topology: Topology, handler: Any, prefetch: int, grace: float | None, send_tracebacks: bool) -> Server:
         dispatcher = make_dispatcher(handler)
@@ -243,6 +267,4 @@ class Service:
             queue that the broker deletes when the connection closes.
         @raise txass.errors.InvalidName: if C{key} cannot be used.
         """
-        client = Client(self.broker, self.topology, key)
-        self.broker._clients.add(client)
-        return client
+        return Client(self.broker, self.topology, key)

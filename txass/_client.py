@@ -16,8 +16,7 @@ from txass._connection import AMQPChannel, Delivery, MessageProperties
 from txass._context import RequestContext, run_in_context
 from txass._handler import Dispatcher, call_handler, make_dispatcher
 from txass._server import PERSISTENT, new_message_id
-from txass._topology import Topology, check_client_key
-from txass._util import SharedResult
+from txass._topology import Topology
 from txass.errors import InvalidRequest, MethodNotFound, TxassError
 
 if TYPE_CHECKING:
@@ -45,7 +44,6 @@ class Client:
             self.queue = topology.temporary_client_queue()
         else:
             self.queue = topology.client_queue(key)
-        self._declared = SharedResult(self._declare_once)
         self._channel: AMQPChannel | None = None
         self._consumer_tag: str | None = None
         self._dispatcher: Dispatcher | None = None
@@ -58,8 +56,7 @@ class Client:
     def __repr__(self) -> str:
         return f"<Client of {self.service!r} results to {self.queue!r}>"
 
-    async def _declare_once(self) -> None:
-        await self._broker._declare_service(self.topology)
+    async def _declare_own_queue(self) -> None:
         await self._broker._declare_result_queue(self.queue, durable=self.key is not None)
 
     def react(self, handler: Any, *, prefetch: int = DEFAULT_RESULT_PREFETCH) -> defer.Deferred[Client]:
@@ -87,11 +84,13 @@ class Client:
         self._dispatcher = dispatcher
         if self._consumer_tag is not None:
             return self
-        await self._declared.get()
+        await self._broker._declare_service(self.topology)
+        await self._declare_own_queue()
         channel = await self._broker._open_channel()
         await channel.set_prefetch(prefetch)
         self._channel = channel
         self._consumer_tag = await channel.consume(self.queue, self._on_delivery)
+        self._broker._clients.add(self)
         self.log.info(
             "receiving results of {service} from {queue}",
             service=self.service,
@@ -170,7 +169,7 @@ class Client:
                 raise ValueError(f"reply_to must be a non-empty queue name, not {reply_to!r}")
             return reply_to
         if routing_key is not None:
-            return self.topology.client_queue(check_client_key(routing_key))
+            return self.topology.client_queue(routing_key)
         return self.queue
 
     def call(
@@ -187,7 +186,9 @@ class Client:
 
         The result goes to this client's C{handler.<method>}, or with
         C{routing_key} to the client of this service with that key, or with
-        C{reply_to} to the queue of that name.
+        C{reply_to} to the queue of that name.  With C{routing_key}, that
+        client's durable result queue is declared, so the result waits there
+        until the client reacts.
 
         @param meta: A dict of JSON values passed to the handler with the
             request and returned with its result.
@@ -203,7 +204,8 @@ class Client:
             body = _envelope.encode_request(method, data, meta)
         except Exception:
             return defer.fail()
-        return defer.Deferred.fromCoroutine(self._send(method, body, destination))
+        routed = routing_key is not None and reply_to is None
+        return defer.Deferred.fromCoroutine(self._send(method, body, destination, routed))
 
     def cast(self, method: str, data: Any = None, *, meta: dict[str, Any] | None = None) -> defer.Deferred[str]:
         """
@@ -218,8 +220,14 @@ class Client:
             return defer.fail()
         return defer.Deferred.fromCoroutine(self._send(method, body, None))
 
-    async def _send(self, method: str, body: bytes, reply_to: str | None) -> str:
-        await self._declared.get()
+    async def _send(self, method: str, body: bytes, reply_to: str | None, routed: bool = False) -> str:
+        await self._broker._declare_service(self.topology)
+        if reply_to == self.queue:
+            await self._declare_own_queue()
+        elif routed and reply_to is not None:
+            # Results for another client's key wait in its durable queue
+            # until that client reacts.
+            await self._broker._declare_result_queue(reply_to, durable=True)
         message_id = new_message_id()
         properties = MessageProperties(
             content_type=_envelope.CONTENT_TYPE,
@@ -250,6 +258,7 @@ class Client:
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        self._broker._clients.discard(self)
         channel, self._channel = self._channel, None
         tag, self._consumer_tag = self._consumer_tag, None
         if channel is None:
