@@ -78,7 +78,7 @@ def connect(url: str | None = None, *, reactor: Any = None) -> defer.Deferred[Br
         it, C{$TXASS_BROKER_URL} is used, or else L{DEFAULT_URL}.
     @param reactor: The reactor to use; the global one by default.
     @return: A Deferred that fires with a L{Broker} once the AMQP handshake
-        is complete.  It fails with L{ConnectionFailed} when nothing answers
+        is complete.  It fails with L{ConnectionFailed} when nothing listens
         at the address, L{AuthenticationFailed} for a wrong user name or
         password, and L{VhostNotFound} for a missing vhost; each names host,
         port, vhost and user, never the password.  An unusable C{url} fails

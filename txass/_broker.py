@@ -237,8 +237,8 @@ class Service:
         object (one shared instance).  The return value, or the result of a
         returned Deferred or coroutine, is the reply.
 
-        @param prefetch: The most requests this server holds unacknowledged
-            at once, which bounds its concurrency.
+        @param prefetch: The maximum number of unacknowledged requests this
+            server takes at once, which bounds its concurrency.
         @param grace: Seconds that L{Server.stop} waits for requests in
             flight before requeueing them; L{None} waits forever.
         @param send_tracebacks: Whether error replies carry the remote

@@ -17,6 +17,7 @@ from txass._context import RequestContext, run_in_context
 from txass._handler import Dispatcher, call_handler, make_dispatcher
 from txass._server import PERSISTENT, new_message_id
 from txass._topology import Topology
+from txass._util import when_done
 from txass.errors import InvalidRequest, MethodNotFound, TxassError
 
 if TYPE_CHECKING:
@@ -255,7 +256,7 @@ class Client:
 
         @return: A Deferred that fires with L{None}; it never fails.
         """
-        return defer.Deferred.fromCoroutine(self._stop())
+        return when_done(defer.Deferred.fromCoroutine(self._stop()))
 
     async def _stop(self) -> None:
         self._broker._clients.discard(self)

@@ -55,7 +55,7 @@ class InvalidURL(TxassError, ValueError):
 @dataclass(frozen=True, slots=True)
 class BrokerAddress:
     """
-    Where and how to connect, parsed from an AMQP URI.
+    The broker's address and connection settings, parsed from an AMQP URI.
 
     @ivar heartbeat: The heartbeat interval to offer the broker, in seconds,
         or L{None} to accept the broker's.

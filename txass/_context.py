@@ -3,7 +3,7 @@ The context of the request a handler is serving, or the result a client
 callback is receiving.
 
 Each delivery is dispatched in a copy of the current L{contextvars} context
-that holds its own L{RequestContext}.  Coroutines started there keep that
+that contains its own L{RequestContext}.  Coroutines started there keep that
 copy across every C{await}, so each of many requests in flight at once sees
 its own context, whatever the kind of handler.
 """
@@ -28,8 +28,8 @@ class RequestContext:
     @ivar service: The name of the service.
     @ivar method: The method the request named.
     @ivar message_id: The AMQP C{message_id} of the message.
-    @ivar correlation_id: The AMQP C{correlation_id}; for a result, that of
-        the request it answers.
+    @ivar correlation_id: The AMQP C{correlation_id}.  For a result, it is
+        the correlation id of the request.
     @ivar reply_to: Where the reply goes, or L{None} for a cast or a result.
     @ivar headers: The AMQP headers table (empty when absent).
     @ivar meta: The caller's C{meta} dict from the request envelope.

@@ -50,7 +50,8 @@ def encode_json(value: Any) -> bytes:
     """
     Encode C{value} as compact UTF-8 JSON.
 
-    @raise EncodingError: if C{value} holds something JSON cannot represent.
+    @raise EncodingError: if C{value} contains something JSON cannot
+        represent.
     """
     try:
         return _encoder.encode(value).encode("utf-8")
@@ -145,8 +146,8 @@ def decode_request(body: bytes, content_type: str | None) -> Request:
 
     A missing content type is taken as JSON.
 
-    @raise InvalidRequest: if the body is not a request envelope; the
-        message says what is wrong with it.
+    @raise InvalidRequest: if the body is not a request envelope.  The
+        message describes what is wrong with it.
     """
     envelope = _decode_object(body, content_type, "request")
     method = envelope.get("method")

@@ -4,7 +4,7 @@ How a service name maps to AMQP exchanges, queues and routing keys.
 For a service C{S}:
 
   - requests go to the durable direct exchange C{S} with routing key C{S};
-  - the durable queue C{S}, bound to it with binding key C{S}, holds them
+  - the durable queue C{S}, bound to it with binding key C{S}, keeps them
     until a server takes them;
   - the results for the client with key C{K} go to the durable queue
     C{S.client.K}; a client without a key gets an exclusive queue
