@@ -598,6 +598,51 @@ class ServingTests(unittest.TestCase):
         self.assertNotIn(PASSWORD, output)
 
 
+class SharingStagesTests(unittest.TestCase):
+    """
+    Several C{twistd -n ass} processes serving one service.
+    """
+
+    timeout = 60
+
+    async def test_two_stages_share_load(self) -> None:
+        """
+        When two stage processes serve one service, then both serve a share
+        of the requests and every request is answered once.
+        """
+        service = support.unique_name("tap-share")
+        support.remove_after(self, service)
+        stages = [
+            start_stage(self, service, "tests.stages.pid.Pid", "--prefetch", "2"),
+            start_stage(self, service, "tests.stages.pid.Pid", "--prefetch", "2"),
+        ]
+        channel = await support.raw_channel(self)
+        # Declared as the stages declare it, so that polling it never fails.
+        await channel.declare_queue(service, durable=True)
+
+        async def consumers() -> int:
+            _, count = await channel.declare_queue(service, passive=True)
+            return count
+
+        for _ in range(200):
+            if await consumers() == 2:
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(await consumers(), 2)
+
+        broker = await support.connect(self)
+        results = support.Results()
+        client = broker.service(service).client()
+        await client.react(results)
+        for number in range(40):
+            await client.call("pid", number)
+        await results.wait_for(40, seconds=30)
+
+        pids = [value[0] for value in results.values()]
+        self.assertEqual(sorted(value[1] for value in results.values()), list(range(40)))
+        self.assertEqual(set(pids), {stage.pid for stage in stages})
+
+
 class DaemonTests(unittest.TestCase):
     """
     C{twistd ass} without C{-n}: a daemon with a pid file and a log file.
