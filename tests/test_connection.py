@@ -93,7 +93,15 @@ class ParseURLTests(SynchronousTestCase):
         When a URL has another scheme, a bad port or an unknown or invalid
         option, then InvalidURL is raised.
         """
-        for url in ["http://h", "amqp://h:notaport", "amqp://h?bogus=1", "amqp://h?heartbeat=x", "amqp://h?heartbeat=-1"]:
+        for url in [
+            "http://h",
+            "amqp://h:notaport",
+            "amqp://h?bogus=1",
+            "amqp://h?heartbeat=x",
+            "amqp://h?heartbeat=-1",
+            "amqp://h?frame_max=1",
+            "amqp://h?channel_max=70000",
+        ]:
             with self.subTest(url=url):
                 self.assertRaises(InvalidURL, parse_url, url)
 

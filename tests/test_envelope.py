@@ -80,6 +80,16 @@ class RequestEnvelopeTests(SynchronousTestCase):
             with self.subTest(value=value):
                 self.assertRaises(EncodingError, _envelope.encode_request, "a", value)
 
+    def test_lone_surrogates_escaped(self) -> None:
+        """
+        When text holds lone surrogates, which have no UTF-8 form, then they
+        are sent as JSON escapes and decode to the same text.
+        """
+        text = b"caf\xe9".decode("utf-8", "surrogateescape")
+        body = _envelope.encode_result("m", text, {})
+        body.decode("utf-8")
+        self.assertEqual(_envelope.decode_reply(body, None).result, text)
+
     def test_meta_must_be_dict(self) -> None:
         """
         When meta is not a dict, then encoding raises TypeError.

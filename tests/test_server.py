@@ -235,3 +235,31 @@ class ServerAckTests(SynchronousTestCase):
         self.handler.pending["a"].callback(None)
         self.assertEqual(self.consumer.events, [("requeue", 1)])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_no_reply_after_grace(self) -> None:
+        """
+        When a call finishes after its request was requeued at the end of
+        the grace period, then no reply is published, since the request will
+        be served again.
+        """
+        self.consumer.on_delivery(delivery(1, "slow", "a"))
+        self.server.stop()
+        self.clock.advance(5.1)
+        self.handler.pending["a"].callback("late")
+        self.assertEqual(self.publisher.published, [])
+        self.assertEqual(self.consumer.events, [("requeue", 1)])
+
+    def test_unexpected_failure_rejects(self) -> None:
+        """
+        When serving fails inside txass itself, then the request is rejected
+        without requeueing, so it cannot block the server.
+        """
+
+        def broken(*args: Any, **kwargs: Any) -> defer.Deferred[None]:
+            raise RuntimeError("publisher broken")
+
+        self.publisher.publish = broken  # type: ignore[method-assign]
+        self.consumer.on_delivery(delivery(1, "quick", 5))
+        self.assertEqual(self.consumer.events, [("reject", 1)])
+        self.assertEqual(self.server.in_flight, 0)
+        self.flushLoggedErrors(RuntimeError)

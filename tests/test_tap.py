@@ -784,6 +784,58 @@ class ShutdownTests(unittest.TestCase):
         self.assertEqual({value["redelivered"] for value in values}, {False})
         self.assertEqual(await support.message_count(self, service), 0)
 
+    async def test_second_sigterm_while_draining(self) -> None:
+        """
+        When a second SIGTERM arrives while the stage drains, then it is
+        logged as such, the drain goes on and the stage exits with status 0.
+        """
+        service = support.unique_name("tap-twice")
+        support.remove_after(self, service)
+        directory = make_directory(self)
+        process = start_stage(self, service, HOLDER)
+        _, client, results = await self.start_client(service)
+        await self.hold(client, directory, ["held"])
+        await self.wait_started(directory, ["held"])
+
+        process.send_signal("TERM")
+        await process.wait_for_output(f"stopping {service}: 1 requests in flight")
+        process.send_signal("TERM")
+        await process.wait_for_output("SIGTERM received again")
+        self.release(directory)
+        await process.wait_for_end()
+        await results.wait_for(1)
+
+        self.assertEqual(process.exit_code, 0, process.stdout)
+        self.assertNotIn("ReactorNotRunning", process.stdout)
+        self.assertNotIn("Traceback", process.stdout)
+
+    async def test_sigterm_while_connecting(self) -> None:
+        """
+        When SIGTERM arrives while the stage is still connecting, then it
+        exits with status 0 without blaming the broker.
+        """
+        accepted: defer.Deferred[None] = defer.Deferred()
+
+        class Silent(protocol.Protocol):
+            def connectionMade(self) -> None:
+                if not accepted.called:
+                    accepted.callback(None)
+
+        port = reactor.listenTCP(0, protocol.Factory.forProtocol(Silent), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"amqp://guest:guest@127.0.0.1:{port.getHost().port}/%2F"
+        service = support.unique_name("tap-connecting")
+        process = start_stage(self, service, "examples.echo.Echo", "--broker", url)
+        await support.within(accepted)
+        await process.wait_for_output("Starting factory")
+
+        process.send_signal("TERM")
+        await process.wait_for_end()
+
+        self.assertEqual(process.exit_code, 0, process.stdout)
+        self.assertNotIn("cannot serve", process.stdout)
+        self.assertIn("stopped before serving", process.stdout)
+
     async def test_sigterm_keeps_new_requests(self) -> None:
         """
         When requests arrive while a stage drains, then they wait in the

@@ -5,7 +5,8 @@ The broker connection users hold, and the services reached through it.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from twisted.internet import defer
@@ -38,7 +39,6 @@ class Broker:
         self._reactor = reactor
         self.address: BrokerAddress = connection.address
         self._publisher_channel = self._reopening_channel()
-        self._declare_channel = SharedResult(self._open_declarer)
         # NOTE: declarations are made once per connection; a queue deleted
         # later is not declared again by this broker object.
         self._declarations: dict[tuple[str, str], SharedResult[None]] = {}
@@ -90,17 +90,26 @@ class Broker:
         shared = SharedResult(open_channel)
         return shared
 
-    async def _open_declarer(self) -> AMQPChannel:
-        channel = await self._open_channel()
-        channel.when_closed().addCallback(lambda _: self._declare_channel.reset())
-        return channel
-
     async def _publisher(self) -> AMQPChannel:
         """
         Return the channel, with publisher confirms, that requests and
         replies are published on.
         """
         return await self._publisher_channel.get()
+
+    @asynccontextmanager
+    async def _declaring(self) -> AsyncIterator[AMQPChannel]:
+        """
+        Open a channel for declarations and close it afterwards.  A refused
+        declaration closes only this channel, so the declarations of other
+        services going on at the same time are not affected.
+        """
+        channel = await self._open_channel()
+        try:
+            yield channel
+        finally:
+            if channel.is_open:
+                await channel.close()
 
     async def _declare_once(self, kind: str, name: str, declare: Callable[[], Awaitable[None]]) -> None:
         key = (kind, name)
@@ -118,12 +127,18 @@ class Broker:
         """
 
         async def declare() -> None:
-            channel = await self._declare_channel.get()
-            await channel.declare_exchange(topology.exchange, "direct", durable=True)
-            await channel.declare_queue(topology.queue, durable=True)
-            await channel.bind_queue(topology.queue, topology.exchange, topology.routing_key)
+            async with self._declaring() as channel:
+                await channel.declare_exchange(topology.exchange, "direct", durable=True)
+                await channel.declare_queue(topology.queue, durable=True)
+                await channel.bind_queue(topology.queue, topology.exchange, topology.routing_key)
 
         await self._declare_once("service", topology.service, declare)
+
+    def _forget_result_queue(self, queue: str) -> None:
+        """
+        Declare C{queue} again on its next use, because it was deleted.
+        """
+        self._declarations.pop(("queue", queue), None)
 
     async def _declare_result_queue(self, queue: str, *, durable: bool) -> None:
         """
@@ -132,8 +147,8 @@ class Broker:
         """
 
         async def declare() -> None:
-            channel = await self._declare_channel.get()
-            await channel.declare_queue(queue, durable=durable, exclusive=not durable)
+            async with self._declaring() as channel:
+                await channel.declare_queue(queue, durable=durable, exclusive=not durable)
 
         await self._declare_once("queue", queue, declare)
 

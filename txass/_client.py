@@ -17,13 +17,14 @@ from txass._context import RequestContext, run_in_context
 from txass._handler import Dispatcher, call_handler, make_dispatcher
 from txass._server import PERSISTENT, new_message_id
 from txass._topology import Topology
-from txass._util import when_done
+from txass._util import SharedResult, wait_at_most, when_done
 from txass.errors import InvalidRequest, MethodNotFound, TxassError
 
 if TYPE_CHECKING:
     from txass._broker import Broker
 
 DEFAULT_RESULT_PREFETCH = 100
+DEFAULT_STOP_GRACE = 30.0
 
 
 class Client:
@@ -47,6 +48,7 @@ class Client:
             self.queue = topology.client_queue(key)
         self._channel: AMQPChannel | None = None
         self._consumer_tag: str | None = None
+        self._starting: SharedResult[None] | None = None
         self._dispatcher: Dispatcher | None = None
         self._pending: set[defer.Deferred[None]] = set()
 
@@ -71,37 +73,74 @@ class Client:
         returns the reply's context: its correlation id and the request's
         C{meta}.
 
-        @param prefetch: How many results may be handled at once.
+        Calling it again replaces the handler; the client keeps one
+        consumer, with the prefetch of the first call.
+
+        @param prefetch: The maximum number of results handled at once
+            (1 to 65535).
         @return: A Deferred that fires with this client once it consumes its
             result queue.  It fails with L{txass.errors.ConnectionLost} or
             L{txass.errors.ChannelClosed} if the broker cannot be used.
         """
         dispatcher = make_dispatcher(handler)
-        if not isinstance(prefetch, int) or prefetch < 1:
-            raise ValueError(f"prefetch must be a positive integer, not {prefetch!r}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 1 <= prefetch <= 65535:
+            raise ValueError(f"prefetch must be an integer from 1 to 65535, not {prefetch!r}")
         return defer.Deferred.fromCoroutine(self._react(dispatcher, prefetch))
 
     async def _react(self, dispatcher: Dispatcher, prefetch: int) -> Client:
         self._dispatcher = dispatcher
-        if self._consumer_tag is not None:
-            return self
+        if self._starting is None:
+            self._starting = SharedResult(lambda: self._start_consuming(prefetch))
+        await self._starting.get()
+        return self
+
+    async def _start_consuming(self, prefetch: int) -> None:
         await self._broker._declare_service(self.topology)
         await self._declare_own_queue()
         channel = await self._broker._open_channel()
-        await channel.set_prefetch(prefetch)
-        self._channel = channel
-        self._consumer_tag = await channel.consume(self.queue, self._on_delivery)
+        try:
+            await channel.set_prefetch(prefetch)
+            tag = await channel.consume(
+                self.queue,
+                lambda delivery: self._on_delivery(channel, delivery),
+                on_cancelled=self._on_cancelled,
+            )
+        except BaseException:
+            await channel.close()
+            raise
+        self._channel, self._consumer_tag = channel, tag
         self._broker._clients.add(self)
         self.log.info(
             "receiving results of {service} from {queue}",
             service=self.service,
             queue=self.queue,
         )
-        return self
 
-    def _on_delivery(self, delivery: Delivery) -> None:
-        channel = self._channel
-        assert channel is not None
+    def _on_cancelled(self) -> None:
+        self.log.error(
+            "the broker cancelled the consumer of result queue {queue!r} (was it deleted?); "
+            "call react() again to declare it and receive results",
+            queue=self.queue,
+        )
+        self._broker._forget_result_queue(self.queue)
+        self.stop()
+
+    def _on_delivery(self, channel: AMQPChannel, delivery: Delivery) -> None:
+        try:
+            self._dispatch(channel, delivery)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            # Nothing may escape into the AMQP engine, which would drop the
+            # connection with every server and client on it.
+            self.log.failure(
+                "unexpected error receiving result {message_id} from {queue}",
+                message_id=delivery.properties.message_id,
+                queue=self.queue,
+            )
+            channel.ack(delivery.delivery_tag)
+
+    def _dispatch(self, channel: AMQPChannel, delivery: Delivery) -> None:
         properties = delivery.properties
         try:
             reply = _envelope.decode_reply(delivery.body, properties.content_type)
@@ -248,18 +287,22 @@ class Client:
         )
         return message_id
 
-    def stop(self) -> defer.Deferred[None]:
+    def stop(self, grace: float = DEFAULT_STOP_GRACE) -> defer.Deferred[None]:
         """
-        Stop receiving results and close the channel used for them.
+        Stop receiving results, let running callbacks finish, and close the
+        channel used for results.
 
         Results that arrive afterwards wait in a keyed client's queue.
 
+        @param grace: Seconds to wait for running callbacks; results whose
+            callbacks run longer go back to the queue unacknowledged.
         @return: A Deferred that fires with L{None}; it never fails.
         """
-        return when_done(defer.Deferred.fromCoroutine(self._stop()))
+        return when_done(defer.Deferred.fromCoroutine(self._stop(grace)))
 
-    async def _stop(self) -> None:
+    async def _stop(self, grace: float) -> None:
         self._broker._clients.discard(self)
+        self._starting = None
         channel, self._channel = self._channel, None
         tag, self._consumer_tag = self._consumer_tag, None
         if channel is None:
@@ -268,7 +311,17 @@ class Client:
             if tag is not None:
                 await channel.cancel(tag)
             if self._pending:
-                await defer.DeferredList(list(self._pending), consumeErrors=True)
+                await wait_at_most(
+                    defer.DeferredList(list(self._pending), consumeErrors=True), grace, self._broker._reactor
+                )
+                if self._pending:
+                    self.log.warn(
+                        "{count} result callbacks of {queue} did not finish within {grace:g} s; "
+                        "their results go back to the queue",
+                        count=len(self._pending),
+                        queue=self.queue,
+                        grace=grace,
+                    )
             await channel.close()
         except TxassError:
             pass

@@ -152,7 +152,12 @@ def parse_url(url: str | None = None) -> BrokerAddress:
             raise InvalidURL(f"invalid value {value!r} for broker URL option {name!r}: expected a number") from None
         if options[name] < 0:
             raise InvalidURL(f"invalid value {value!r} for broker URL option {name!r}: must not be negative")
-    return BrokerAddress(host=host, port=port, vhost=vhost, user=user, password=password, tls=tls, **options)
+    address = BrokerAddress(host=host, port=port, vhost=vhost, user=user, password=password, tls=tls, **options)
+    try:
+        address.pika_parameters()
+    except (TypeError, ValueError) as e:
+        raise InvalidURL(f"invalid broker URL option: {e}") from None
+    return address
 
 
 @dataclass(slots=True)
@@ -219,11 +224,20 @@ class Delivery:
     properties: MessageProperties
 
 
+def _closed_by_client(e: Any) -> ConnectionLost:
+    return ConnectionLost(
+        f"channel closed by this client ({e.reply_code} {e.reply_text}), for example by "
+        f"Broker.close(); a message being published may or may not have reached the broker"
+    )
+
+
 def _translate(failure: Failure) -> Failure:
     """
     Replace a pika exception in C{failure} by the txass exception for it.
     """
     e = failure.value
+    if isinstance(e, pika.exceptions.ChannelClosedByClient):
+        return Failure(_closed_by_client(e))
     if isinstance(e, pika.exceptions.ChannelClosed):
         return Failure(ChannelClosed(e.reply_code, e.reply_text))
     if isinstance(e, pika.exceptions.UnroutableError):
@@ -281,7 +295,7 @@ class AMQPChannel:
         if isinstance(reason, Failure):
             reason = reason.value
         if isinstance(reason, pika.exceptions.ChannelClosedByClient):
-            exc: Exception = ChannelClosed(reason.reply_code, reason.reply_text)
+            exc: Exception = _closed_by_client(reason)
         elif isinstance(reason, pika.exceptions.ChannelClosed):
             exc = ChannelClosed(reason.reply_code, reason.reply_text)
         elif isinstance(reason, Exception):
@@ -461,16 +475,33 @@ class AMQPChannel:
         await done
 
     def ack(self, delivery_tag: int) -> None:
-        if self._channel.is_open:
-            self._channel.basic_ack(delivery_tag)
+        """
+        Acknowledge a delivery.  On a channel or connection that is closing
+        this does nothing: the broker requeues the delivery.
+        """
+        try:
+            if self._channel.is_open:
+                self._channel.basic_ack(delivery_tag)
+        except (pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError):
+            pass
 
     def reject(self, delivery_tag: int, *, requeue: bool) -> None:
-        if self._channel.is_open:
-            self._channel.basic_reject(delivery_tag, requeue=requeue)
+        """
+        Reject a delivery.  On a channel or connection that is closing this
+        does nothing: the broker requeues the delivery.
+        """
+        try:
+            if self._channel.is_open:
+                self._channel.basic_reject(delivery_tag, requeue=requeue)
+        except (pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError):
+            pass
 
     async def close(self) -> None:
-        if self._channel.is_open:
-            self._channel.close()
+        try:
+            if self._channel.is_open:
+                self._channel.close()
+        except (pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError):
+            pass
         await self.when_closed()
 
 
@@ -611,6 +642,8 @@ async def open_connection(address: BrokerAddress, reactor: Any) -> AMQPConnectio
 
     try:
         protocol: _PikaProtocol = await endpoint.connect(factory)
+    except defer.CancelledError:
+        raise
     except internet_error.ConnectionRefusedError:
         raise address.connection_failed("connection refused; is RabbitMQ running and listening on that port?") from None
     except (internet_error.TimeoutError, defer.TimeoutError):
@@ -626,6 +659,10 @@ async def open_connection(address: BrokerAddress, reactor: Any) -> AMQPConnectio
     ready.addTimeout(address.connection_timeout, reactor)
     try:
         await ready
+    except defer.CancelledError:
+        if protocol.transport is not None:
+            protocol.transport.abortConnection()
+        raise
     except defer.TimeoutError:
         if protocol.transport is not None:
             protocol.transport.abortConnection()

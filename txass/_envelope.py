@@ -19,7 +19,11 @@ from txass.errors import EncodingError, InvalidRequest, RemoteError
 
 CONTENT_TYPE = "application/json"
 
+# Requests carry the method in the AMQP "type" property, a short string.
+MAX_METHOD_BYTES = 255
+
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_ascii_encoder = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
 _decoder = json.JSONDecoder()
 
 
@@ -54,9 +58,15 @@ def encode_json(value: Any) -> bytes:
         represent.
     """
     try:
-        return _encoder.encode(value).encode("utf-8")
+        text = _encoder.encode(value)
     except (TypeError, ValueError, RecursionError) as e:
         raise EncodingError(f"value cannot be encoded as JSON: {e}") from e
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (from os.fsdecode, or decoded from a \ud800
+        # escape) have no UTF-8 form; JSON's \u escapes keep them.
+        return _ascii_encoder.encode(value).encode("ascii")
 
 
 def encode_request(method: str, data: Any = None, meta: dict[str, Any] | None = None) -> bytes:
@@ -68,6 +78,15 @@ def encode_request(method: str, data: Any = None, meta: dict[str, Any] | None = 
     """
     if not isinstance(method, str):
         raise TypeError(f"method must be a str, not {type(method).__name__}")
+    try:
+        size = len(method.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"method {method!r} is not valid Unicode text") from None
+    if not 1 <= size <= MAX_METHOD_BYTES:
+        raise ValueError(
+            f"method must be 1 to {MAX_METHOD_BYTES} bytes of UTF-8, not {size}: "
+            f"it is sent in the AMQP 'type' property, a short string"
+        )
     if meta is None:
         meta = {}
     elif not isinstance(meta, dict):

@@ -188,7 +188,11 @@ def call_handler(function: Callable[..., Any], data: Any) -> defer.Deferred[Any]
     """
     try:
         result = function(data)
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        # SystemExit or asyncio.CancelledError from a handler is reported
+        # like any other exception, never passed up into the AMQP engine.
         return defer.fail()
     if isinstance(result, defer.Deferred):
         return result

@@ -19,7 +19,7 @@ from txass._connection import Delivery, MessageProperties
 from txass._context import RequestContext, run_in_context
 from txass._handler import Dispatcher, call_handler
 from txass._topology import Topology
-from txass._util import when_done
+from txass._util import wait_at_most, when_done
 from txass.errors import (
     ChannelClosed,
     ConnectionLost,
@@ -180,12 +180,24 @@ class Server:
         d = defer.Deferred.fromCoroutine(self._serve(delivery))
         if not d.called:
             self._in_flight[tag] = d
-            d.addBoth(self._finished, tag)
+        d.addBoth(self._finished, delivery)
 
-    def _finished(self, result: Any, tag: int) -> None:
+    def _finished(self, result: Any, delivery: Delivery) -> None:
+        tag = delivery.delivery_tag
         self._in_flight.pop(tag, None)
         if isinstance(result, Failure):
-            self.log.failure("unexpected error serving {service}", result, service=self.service)
+            # A fault of txass itself, not of the handler.  The request is
+            # rejected without requeueing, so it cannot block this or the
+            # next server in a loop.
+            self.log.failure(
+                "unexpected error serving request {message_id} to {service}; rejecting it",
+                result,
+                message_id=delivery.properties.message_id,
+                service=self.service,
+            )
+            if tag not in self._abandoned:
+                self._abandoned.add(tag)
+                self._consumer.reject(tag, requeue=False)
 
     async def _serve(self, delivery: Delivery) -> None:
         properties = delivery.properties
@@ -198,7 +210,7 @@ class Server:
                 service=self.service,
                 error=e,
             )
-            method = properties.type or ""
+            method = properties.type if isinstance(properties.type, str) else ""
             await self._reply_and_ack(delivery, method, {}, self._error_body(method, e, {}))
             return
 
@@ -216,7 +228,11 @@ class Server:
         outcome = run_in_context(context, self._invoke, request)
         try:
             result = await outcome
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
+            # SystemExit or asyncio.CancelledError raised by a handler is its
+            # failure like any other, not a reason to leave the request.
             self._log_handler_error(context, Failure())
             body: bytes | None = self._error_body(request.method, e, request.meta)
         else:
@@ -282,6 +298,10 @@ class Server:
     ) -> None:
         properties = delivery.properties
         reply_to = properties.reply_to
+        if delivery.delivery_tag in self._abandoned:
+            # Requeued when the grace period ran out; it will be served
+            # again, so a reply now would be a duplicate.
+            return
         if reply_to and body is not None:
             reply_properties = MessageProperties(
                 content_type=_envelope.CONTENT_TYPE,
@@ -324,6 +344,7 @@ class Server:
                 return
         if delivery.delivery_tag not in self._abandoned:
             self._consumer.ack(delivery.delivery_tag)
+            self._abandoned.discard(delivery.delivery_tag)
 
     def stop(self, grace: float | None = -1.0) -> defer.Deferred[None]:
         """
@@ -359,15 +380,11 @@ class Server:
             # Handlers still running after the grace period are not
             # cancelled: they may not support it, and their requests go back
             # to the queue whatever they do.
-            pending = when_done(defer.DeferredList(list(self._in_flight.values()), consumeErrors=True))
+            pending = defer.DeferredList(list(self._in_flight.values()), consumeErrors=True)
             if grace is None:
                 await pending
             else:
-                timer: defer.Deferred[None] = defer.Deferred()
-                call = self._reactor.callLater(grace, timer.callback, None)
-                await defer.DeferredList([pending, timer], fireOnOneCallback=True, consumeErrors=True)
-                if call.active():
-                    call.cancel()
+                await wait_at_most(pending, grace, self._reactor)
             if self._in_flight:
                 unfinished = sorted(self._in_flight)
                 self.log.warn(

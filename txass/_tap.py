@@ -169,6 +169,9 @@ class StageService(Service):
         self._reactor.callFromThread(self._terminate)
 
     def _terminate(self) -> None:
+        if self._stopping:
+            self.log.info("SIGTERM received again: still draining {service}", service=self.service_name)
+            return
         self.log.info("SIGTERM received: draining {service}", service=self.service_name)
         if self._reactor.running:
             self._reactor.stop()
@@ -190,6 +193,9 @@ class StageService(Service):
             self._fail("the server of {service} stopped unexpectedly; exiting")
 
     def _start_failed(self, failure: Any) -> None:
+        if self._stopping and failure.check(defer.CancelledError):
+            self.log.info("stopped before serving {service}", service=self.service_name)
+            return
         if failure.check(TxassError):
             self.log.error(
                 "cannot serve {service}: {error}",

@@ -28,6 +28,24 @@ def when_done(source: defer.Deferred[Any]) -> defer.Deferred[None]:
     return done
 
 
+async def wait_at_most(d: defer.Deferred[Any], seconds: float, reactor: Any) -> bool:
+    """
+    Wait until C{d} fires or C{seconds} pass, without cancelling C{d}.
+
+    @return: Whether C{d} fired in time.
+    """
+    done = when_done(d)
+    if done.called:
+        return True
+    timer: defer.Deferred[None] = defer.Deferred()
+    call = reactor.callLater(seconds, timer.callback, None)
+    await defer.DeferredList([done, timer], fireOnOneCallback=True, consumeErrors=True)
+    if call.active():
+        call.cancel()
+        return True
+    return done.called
+
+
 class SharedResult(Generic[T]):
     """
     Compute a value with an async function once, sharing the one run with

@@ -91,7 +91,7 @@ class ChannelClosed(TxassError):
     def __init__(self, reply_code: int, reply_text: str) -> None:
         self.reply_code = reply_code
         self.reply_text = reply_text
-        super().__init__(f"AMQP channel closed by the broker: {reply_code} {reply_text}")
+        super().__init__(f"AMQP channel closed: {reply_code} {reply_text}")
 
 
 class PublishFailed(TxassError):
