@@ -6,6 +6,7 @@ handlers and callbacks, and their own users' mistakes.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from typing import Any
 
@@ -254,3 +255,53 @@ class DeclarationFaultTests(unittest.TestCase):
         self.assertFalse(outcomes[0][0])
         self.assertIsInstance(outcomes[0][1].value, txass.ChannelClosed)
         self.assertTrue(outcomes[1][0], outcomes[1][1])
+
+
+class PublisherIsolationTests(unittest.TestCase):
+    async def test_deleted_exchange_isolated(self) -> None:
+        """
+        When calls to a service whose exchange was deleted fail, then calls
+        to another service in flight at the same time still succeed.
+        """
+        gone, healthy = unique_name("gone"), unique_name("healthy")
+        remove_after(self, gone)
+        remove_after(self, healthy)
+        broker = await connect(self)
+        gone_client = broker.service(gone).client()
+        await gone_client.cast("ok")
+        channel = await raw_channel(self)
+        await channel.delete_exchange(gone)
+        healthy_client = broker.service(healthy).client()
+        await healthy_client.cast("ok")
+
+        casts = [healthy_client.cast("ok", number) for number in range(100)]
+        failing = gone_client.cast("ok")
+        casts += [healthy_client.cast("ok", number) for number in range(100)]
+
+        await self.assertFailure(failing, txass.ChannelClosed)
+        outcomes = await defer.DeferredList(casts, consumeErrors=True)
+        self.assertEqual([value for succeeded, value in outcomes if not succeeded], [])
+
+
+class CloseWhileStartingTests(unittest.TestCase):
+    async def test_close_during_react(self) -> None:
+        """
+        When the broker is closed while servers and clients are starting,
+        then each start fails with a txass error and no Deferred is left
+        failing unhandled.
+        """
+        name = unique_name("starting")
+        remove_after(self, name, client_keys=["k"])
+        for turns in range(4):
+            broker = await txass.connect()
+            service = broker.service(name)
+            starts = [service.react(Handler), service.client().react(Results()), service.client(key="k").call("ok")]
+            for _ in range(turns):
+                await task.deferLater(reactor, 0.002, lambda: None)
+            await within(broker.close())
+            for succeeded, value in await defer.DeferredList(starts, consumeErrors=True):
+                if not succeeded:
+                    self.assertIsInstance(value.value, txass.TxassError)
+        gc.collect()
+        await task.deferLater(reactor, 0, lambda: None)
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -38,7 +38,7 @@ class Broker:
         self._connection = connection
         self._reactor = reactor
         self.address: BrokerAddress = connection.address
-        self._publisher_channel = self._reopening_channel()
+        self._publisher_channels: dict[str, SharedResult[AMQPChannel]] = {}
         # NOTE: declarations are made once per connection; a queue deleted
         # later is not declared again by this broker object.
         self._declarations: dict[tuple[str, str], SharedResult[None]] = {}
@@ -90,12 +90,17 @@ class Broker:
         shared = SharedResult(open_channel)
         return shared
 
-    async def _publisher(self) -> AMQPChannel:
+    async def _publisher(self, service: str) -> AMQPChannel:
         """
-        Return the channel, with publisher confirms, that requests and
-        replies are published on.
+        Return the channel, with publisher confirms, that requests to
+        C{service} are published on.  Each service has its own, so a
+        channel error caused by one service (such as its exchange being
+        deleted) does not fail the calls to another.
         """
-        return await self._publisher_channel.get()
+        channel = self._publisher_channels.get(service)
+        if channel is None:
+            channel = self._publisher_channels[service] = self._reopening_channel()
+        return await channel.get()
 
     @asynccontextmanager
     async def _declaring(self) -> AsyncIterator[AMQPChannel]:

@@ -277,7 +277,7 @@ class Client:
             reply_to=reply_to,
             type=method,
         )
-        publisher = await self._broker._publisher()
+        publisher = await self._broker._publisher(self.service)
         await publisher.publish(
             self.topology.exchange,
             self.topology.routing_key,

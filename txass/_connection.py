@@ -317,6 +317,17 @@ class AMQPChannel:
     def is_open(self) -> bool:
         return bool(self._channel.is_open)
 
+    async def _call(self, operation: Callable[[], defer.Deferred[Any]]) -> Any:
+        # NOTE: pika 1.4 leaves behind a Deferred that fails unhandled when a
+        # method is called on a closing channel, so the state is checked here.
+        if not self._channel.is_open:
+            if self.close_reason is not None:
+                raise self.close_reason
+            if not self._channel.connection.is_open:
+                raise ConnectionLost("connection to the broker is closing")
+            raise ChannelClosed(0, "channel is closing")
+        return await _call(operation())
+
     def when_closed(self) -> defer.Deferred[Exception]:
         """
         Return a Deferred that fires with a L{ChannelClosed} or
@@ -327,7 +338,7 @@ class AMQPChannel:
         return d
 
     async def declare_exchange(self, name: str, exchange_type: str = "direct", *, durable: bool = True) -> None:
-        await _call(self._channel.exchange_declare(exchange=name, exchange_type=exchange_type, durable=durable))
+        await self._call(lambda: self._channel.exchange_declare(exchange=name, exchange_type=exchange_type, durable=durable))
 
     async def declare_queue(
         self,
@@ -342,8 +353,8 @@ class AMQPChannel:
         """
         Declare a queue; return its message count and consumer count.
         """
-        frame = await _call(
-            self._channel.queue_declare(
+        frame = await self._call(
+            lambda: self._channel.queue_declare(
                 queue=name,
                 durable=durable,
                 exclusive=exclusive,
@@ -355,19 +366,19 @@ class AMQPChannel:
         return frame.method.message_count, frame.method.consumer_count
 
     async def bind_queue(self, queue: str, exchange: str, routing_key: str) -> None:
-        await _call(self._channel.queue_bind(queue=queue, exchange=exchange, routing_key=routing_key))
+        await self._call(lambda: self._channel.queue_bind(queue=queue, exchange=exchange, routing_key=routing_key))
 
     async def delete_queue(self, queue: str) -> None:
-        await _call(self._channel.queue_delete(queue=queue))
+        await self._call(lambda: self._channel.queue_delete(queue=queue))
 
     async def delete_exchange(self, exchange: str) -> None:
-        await _call(self._channel.exchange_delete(exchange=exchange))
+        await self._call(lambda: self._channel.exchange_delete(exchange=exchange))
 
     async def set_prefetch(self, count: int) -> None:
-        await _call(self._channel.basic_qos(prefetch_count=count))
+        await self._call(lambda: self._channel.basic_qos(prefetch_count=count))
 
     async def enable_confirms(self) -> None:
-        await _call(self._channel.confirm_delivery())
+        await self._call(lambda: self._channel.confirm_delivery())
         self.confirms = True
 
     def publish(
