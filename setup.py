@@ -18,6 +18,10 @@ setup(
     packages=["txass"],
     py_modules=["twisted.plugins.txass_plugin"],
     package_data={"txass": ["py.typed"]},
+    # The lower bounds are the oldest releases the whole test suite passed
+    # with (Twisted 24.7.0, pika 1.3.2, pyOpenSSL 24.0.0, service_identity
+    # 24.1.0 on Python 3.11); the newest it passed with were Twisted 26.10.0
+    # and pika 1.4.4.
     install_requires=[
         "Twisted>=24.7.0",
         "pika>=1.3.2",
