@@ -8,7 +8,7 @@ import random
 from typing import Any
 
 from twisted.internet import defer, reactor, task
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 import txass
@@ -200,6 +200,7 @@ class ServiceTests(unittest.TestCase):
         self.assertEqual(len(logged), 1)
         self.assertEqual(logged[0]["method"], "fail")
         self.assertEqual(logged[0]["message_id"], correlation_id)
+        self.assertEqual(logged[0]["log_level"], LogLevel.error)
         self.flushLoggedErrors(ValueError)
 
     async def test_error_request_acked(self) -> None:

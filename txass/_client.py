@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from txass import _envelope
@@ -194,6 +194,7 @@ class Client:
                 self.log.failure(
                     "result callback {method} of {service} failed for {correlation_id}",
                     result,
+                    level=LogLevel.error,
                     method=context.method,
                     service=self.service,
                     correlation_id=context.correlation_id,

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from txass import _envelope
@@ -261,6 +261,9 @@ class Server:
             "handler {service}.{method} raised {error_type} for request {message_id} "
             "(correlation id {correlation_id})",
             failure,
+            # A handler's exception is an error of one request, answered
+            # with an error reply; critical is kept for faults of txass.
+            level=LogLevel.error,
             service=self.service,
             method=context.method,
             error_type=failure.type.__name__ if failure.type else "error",
