@@ -15,7 +15,7 @@ from txass._connection import Delivery, MessageProperties
 from txass._handler import make_dispatcher
 from txass._server import Server
 from txass._topology import Topology
-from txass.errors import ChannelClosed, UnroutableMessage
+from txass.errors import ChannelClosed, ConnectionLost, PublishFailed, UnroutableMessage
 
 
 class FakeConsumer:
@@ -173,14 +173,66 @@ class ServerAckTests(SynchronousTestCase):
         self.publisher.published[0][3].errback(UnroutableMessage("", "replies"))
         self.assertEqual(self.consumer.events, [("ack", 1)])
 
-    def test_channel_closed_before_confirm(self) -> None:
+    def test_connection_lost_before_confirm(self) -> None:
         """
-        When the channel closes before the reply is confirmed, then the
+        When the connection is lost before the reply is confirmed, then the
         request is not acknowledged, so the broker redelivers it.
         """
         self.consumer.on_delivery(delivery(1, "quick", 5))
-        self.publisher.published[0][3].errback(ChannelClosed(320, "CONNECTION_FORCED"))
+        self.publisher.published[0][3].errback(ConnectionLost("gone"))
         self.assertEqual(self.consumer.events, [])
+        self.assertEqual(len(self.publisher.published), 1)
+        self.flushLoggedErrors()
+
+    def test_reply_channel_closed_once(self) -> None:
+        """
+        When the broker closes the reply channel once, then the reply is
+        published again and the request acknowledged after its confirm.
+        """
+        self.consumer.on_delivery(delivery(1, "quick", 5))
+        self.publisher.published[0][3].errback(ChannelClosed(504, "CHANNEL_ERROR"))
+        self.assertEqual(len(self.publisher.published), 2)
+        self.assertEqual(self.publisher.published[1][1], self.publisher.published[0][1])
+        self.publisher.published[1][3].callback(None)
+        self.assertEqual(self.consumer.events, [("ack", 1)])
+
+    def test_reply_channel_closed_twice(self) -> None:
+        """
+        When the reply cannot be published twice, for example because it is
+        too large, then an error reply is sent instead and the request is
+        acknowledged.
+        """
+        self.consumer.on_delivery(delivery(1, "quick", 5))
+        for attempt in range(2):
+            self.publisher.published[attempt][3].errback(ChannelClosed(406, "PRECONDITION_FAILED - message size"))
+        reply = _envelope.decode_reply(self.publisher.published[2][1], None)
+        assert reply.error is not None
+        self.assertEqual(reply.error.type, "PublishFailed")
+        self.assertIn("message size", reply.error.message)
+        self.publisher.published[2][3].callback(None)
+        self.assertEqual(self.consumer.events, [("ack", 1)])
+
+    def test_no_reply_possible(self) -> None:
+        """
+        When neither the reply nor the error reply can be published, then
+        the request is rejected without requeueing.
+        """
+        self.consumer.on_delivery(delivery(1, "quick", 5))
+        for attempt in range(3):
+            self.publisher.published[attempt][3].errback(ChannelClosed(406, "PRECONDITION_FAILED"))
+        self.assertEqual(len(self.publisher.published), 3)
+        self.assertEqual(self.consumer.events, [("reject", 1)])
+        self.flushLoggedErrors()
+
+    def test_nacked_reply_not_requeued(self) -> None:
+        """
+        When the broker nacks the reply, then it is dropped and the request
+        acknowledged, so the request does not loop.
+        """
+        self.consumer.on_delivery(delivery(1, "quick", 5))
+        self.publisher.published[0][3].errback(PublishFailed("nack"))
+        self.assertEqual(self.consumer.events, [("ack", 1)])
+        self.assertEqual(len(self.publisher.published), 1)
 
     def test_invalid_request_error_reply(self) -> None:
         """

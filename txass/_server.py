@@ -26,6 +26,7 @@ from txass.errors import (
     EncodingError,
     InvalidRequest,
     MethodNotFound,
+    PublishFailed,
     TxassError,
     UnroutableMessage,
 )
@@ -306,6 +307,35 @@ class Server:
             # again, so a reply now would be a duplicate.
             return
         if reply_to and body is not None:
+            if not await self._publish_reply(delivery, method, meta, body):
+                return
+        if delivery.delivery_tag not in self._abandoned:
+            self._consumer.ack(delivery.delivery_tag)
+            self._abandoned.discard(delivery.delivery_tag)
+
+    async def _publish_reply(self, delivery: Delivery, method: str, meta: dict[str, Any], body: bytes) -> bool:
+        """
+        Publish the reply to a request and wait for the broker's confirm.
+
+        A reply the broker returns (no such queue) or nacks (for example a
+        full queue that rejects publishes) is dropped with a log line, since
+        serving the request again would only repeat that.  When the broker
+        closes the reply channel, the reply is tried once more on a new
+        channel, then replaced by a short error reply, so an oversized reply
+        cannot block the server.
+
+        @return: Whether the request may now be acknowledged.
+        """
+        properties = delivery.properties
+        reply_to = properties.reply_to
+        assert reply_to
+        last_error: Exception | None = None
+        # The reply, the reply again on a new channel, then an error reply.
+        for payload in (body, body, None):
+            if payload is None:
+                payload = _envelope.encode_error(
+                    method, "PublishFailed", f"the reply could not be published: {last_error}", meta
+                )
             reply_properties = MessageProperties(
                 content_type=_envelope.CONTENT_TYPE,
                 correlation_id=properties.correlation_id or properties.message_id,
@@ -314,19 +344,31 @@ class Server:
             )
             try:
                 publisher = await self._publisher()
-                await publisher.publish("", reply_to, body, reply_properties, mandatory=True)
+                await publisher.publish("", reply_to, payload, reply_properties, mandatory=True)
+                return True
             except UnroutableMessage:
                 self.log.warn(
-                    "reply to request {message_id} of {service}.{method} dropped: "
-                    "no queue named {reply_to!r}",
+                    "reply to request {message_id} of {service}.{method} dropped: no queue named {reply_to!r}",
                     message_id=properties.message_id,
                     service=self.service,
                     method=method,
                     reply_to=reply_to,
                 )
-            except (ChannelClosed, ConnectionLost) as e:
-                # The request stays unacknowledged, so the broker delivers it
-                # again once this channel is gone.
+                return True
+            except PublishFailed as e:
+                self.log.error(
+                    "reply to request {message_id} of {service}.{method} dropped: {error} "
+                    "(is queue {reply_to!r} full?)",
+                    message_id=properties.message_id,
+                    service=self.service,
+                    method=method,
+                    error=e,
+                    reply_to=reply_to,
+                )
+                return True
+            except ConnectionLost as e:
+                # The request stays unacknowledged on a connection that is
+                # gone, so the broker delivers it again.
                 self.log.error(
                     "reply to request {message_id} of {service} not sent: {error}; "
                     "the request will be redelivered",
@@ -334,20 +376,23 @@ class Server:
                     service=self.service,
                     error=e,
                 )
-                return
-            except TxassError as e:
-                self.log.error(
-                    "reply to request {message_id} of {service} rejected by the broker: {error}; "
-                    "requeueing the request",
+                return False
+            except ChannelClosed as e:
+                self.log.warn(
+                    "reply to request {message_id} of {service} not sent: {error}; trying again",
                     message_id=properties.message_id,
                     service=self.service,
                     error=e,
                 )
-                self._consumer.reject(delivery.delivery_tag, requeue=True)
-                return
-        if delivery.delivery_tag not in self._abandoned:
-            self._consumer.ack(delivery.delivery_tag)
-            self._abandoned.discard(delivery.delivery_tag)
+                last_error = e
+        self.log.error(
+            "no reply to request {message_id} of {service} could be sent; rejecting it",
+            message_id=properties.message_id,
+            service=self.service,
+        )
+        self._abandoned.add(delivery.delivery_tag)
+        self._consumer.reject(delivery.delivery_tag, requeue=False)
+        return False
 
     def stop(self, grace: float | None = -1.0) -> defer.Deferred[None]:
         """
