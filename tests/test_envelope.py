@@ -65,6 +65,7 @@ class RequestEnvelopeTests(SynchronousTestCase):
             (b"\xff\xfe", "application/json", "UTF-8"),
             (b'{"method": "a", "meta": [1]}', "application/json", "'meta'"),
             (b'{"method": "a"}', "application/x-pickle", "content type"),
+            (b'{"method": "a"}', b"\xff", "content type"),
         ]
         for body, content_type, expected in cases:
             with self.subTest(body=body):

@@ -131,6 +131,28 @@ class ClientFaultTests(unittest.TestCase):
         self.assertEqual(results.values(), [1])
         self.flushLoggedErrors(SystemExit)
 
+    async def test_callback_keyboard_interrupt(self) -> None:
+        """
+        When a result callback raises KeyboardInterrupt, then the connection
+        stays open and later results still arrive.
+        """
+        name = unique_name("interrupt")
+        remove_after(self, name)
+        broker = await connect(self)
+        await broker.service(name).react(Handler)
+        results = Results()
+
+        def interrupts(value: Any) -> None:
+            raise KeyboardInterrupt()
+
+        client = await broker.service(name).client().react({"ok": interrupts, "echo": results.echo})
+        await client.call("ok")
+        await client.call("echo", 2)
+        await results.wait_for(1)
+        self.assertTrue(broker.is_open)
+        self.assertEqual(results.values(), [2])
+        self.flushLoggedErrors(KeyboardInterrupt)
+
     async def test_react_twice_one_consumer(self) -> None:
         """
         When react is called twice at once, then the client has one consumer
@@ -305,3 +327,107 @@ class CloseWhileStartingTests(unittest.TestCase):
         gc.collect()
         await task.deferLater(reactor, 0, lambda: None)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class LifecycleRaceTests(unittest.TestCase):
+    async def consumers(self, queue: str) -> int:
+        channel = await raw_channel(self)
+        _, count = await channel.declare_queue(queue, passive=True)
+        return count
+
+    async def test_stop_during_react(self) -> None:
+        """
+        When stop is called while react is still starting, then no consumer
+        is left once both have finished.
+        """
+        name = unique_name("stopreact")
+        remove_after(self, name, client_keys=["k"])
+        broker = await connect(self)
+        client = broker.service(name).client(key="k")
+        reacting = client.react(Results())
+        await client.stop()
+        await reacting
+        self.assertEqual(await self.consumers(client.queue), 0)
+
+    async def test_react_stop_react_stop(self) -> None:
+        """
+        When react, stop, react and stop follow each other at once, then no
+        consumer is left.
+        """
+        name = unique_name("cycle")
+        remove_after(self, name, client_keys=["k"])
+        broker = await connect(self)
+        client = broker.service(name).client(key="k")
+        first = client.react(Results())
+        client.stop()
+        second = client.react(Results())
+        await defer.gatherResults([first, second])
+        await client.stop()
+        self.assertEqual(await self.consumers(client.queue), 0)
+
+    async def test_result_queue_deleted_while_stopped(self) -> None:
+        """
+        When a keyed client's queue is deleted while it is stopped, then
+        reacting again declares it and results arrive.
+        """
+        name = unique_name("gone-stopped")
+        remove_after(self, name, client_keys=["k"])
+        broker = await connect(self)
+        await broker.service(name).react(Handler)
+        results = Results()
+        client = await broker.service(name).client(key="k").react(results)
+        await client.stop()
+        channel = await raw_channel(self)
+        await channel.delete_queue(client.queue)
+        await client.react(results)
+        await client.call("ok")
+        await results.wait_for(1)
+        self.assertEqual(results.values(), ["served"])
+
+    async def test_service_queue_deleted(self) -> None:
+        """
+        When a service's queue is deleted after this connection declared it,
+        then the next server and the next call declare it again.
+        """
+        name = unique_name("gone-service")
+        remove_after(self, name)
+        broker = await connect(self)
+        client = broker.service(name).client()
+        results = Results()
+        await client.react(results)
+        channel = await raw_channel(self)
+        await channel.delete_queue(name)
+        await client.call("ok")
+        await broker.service(name).react(Handler)
+        await results.wait_for(1)
+        self.assertEqual(results.values(), ["served"])
+
+    async def test_react_during_close(self) -> None:
+        """
+        When a server finishes starting while Broker.close drains another
+        one, then its react fails with ConnectionLost instead of leaving a
+        server that close never stopped.
+        """
+        name = unique_name("late")
+        remove_after(self, name)
+        broker = await txass.connect()
+        entered: defer.Deferred[None] = defer.Deferred()
+        release: defer.Deferred[None] = defer.Deferred()
+
+        def hold(value: Any) -> defer.Deferred[None]:
+            entered.callback(None)
+            return release
+
+        await broker.service(name).react({"hold": hold}, grace=10)
+        await broker.service(name).client().cast("hold")
+        await within(entered)
+
+        late = broker.service(name).react(Handler)
+        closing = broker.close()
+        outcome = (await defer.DeferredList([late], consumeErrors=True))[0]
+        release.callback(None)
+        await within(closing)
+
+        self.assertFalse(outcome[0], outcome[1])
+        self.assertIsInstance(outcome[1].value, txass.ConnectionLost)
+        self.assertEqual(len(broker._servers), 0)

@@ -23,6 +23,9 @@ from txass.errors import ChannelClosed, ConnectionLost, TxassError
 DEFAULT_PREFETCH = 10
 DEFAULT_GRACE = 30.0
 
+# The AMQP reply code for a missing queue or exchange.
+NOT_FOUND = 404
+
 
 class Broker:
     """
@@ -139,11 +142,15 @@ class Broker:
 
         await self._declare_once("service", topology.service, declare)
 
-    def _forget_result_queue(self, queue: str) -> None:
+    def _forget_declarations(self, topology: Topology | None, queue: str | None) -> None:
         """
-        Declare C{queue} again on its next use, because it was deleted.
+        Declare a service's exchange and queue, or a result queue, again on
+        their next use, because they were deleted.
         """
-        self._declarations.pop(("queue", queue), None)
+        if topology is not None:
+            self._declarations.pop(("service", topology.service), None)
+        if queue is not None:
+            self._declarations.pop(("queue", queue), None)
 
     async def _declare_result_queue(self, queue: str, *, durable: bool) -> None:
         """
@@ -158,6 +165,24 @@ class Broker:
         await self._declare_once("queue", queue, declare)
 
     async def _start_server(self, topology: Topology, handler: Any, prefetch: int, grace: float | None, send_tracebacks: bool) -> Server:
+        try:
+            server = await self._start_server_once(topology, handler, prefetch, grace, send_tracebacks)
+        except ChannelClosed as e:
+            if e.reply_code != NOT_FOUND:
+                raise
+            # The service queue was deleted since this connection declared it.
+            self._forget_declarations(topology, None)
+            server = await self._start_server_once(topology, handler, prefetch, grace, send_tracebacks)
+        if self._closing is not None:
+            # Broker.close() ran while the server started, so it did not
+            # drain this one.
+            await server.stop()
+            raise ConnectionLost("Broker.close() was called while the server was starting")
+        return server
+
+    async def _start_server_once(
+        self, topology: Topology, handler: Any, prefetch: int, grace: float | None, send_tracebacks: bool
+    ) -> Server:
         dispatcher = make_dispatcher(handler)
         await self._declare_service(topology)
         consumer = await self._open_channel()

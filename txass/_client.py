@@ -18,13 +18,16 @@ from txass._handler import Dispatcher, call_handler, make_dispatcher
 from txass._server import PERSISTENT, new_message_id
 from txass._topology import Topology
 from txass._util import SharedResult, wait_at_most, when_done
-from txass.errors import InvalidRequest, MethodNotFound, TxassError
+from txass.errors import ChannelClosed, InvalidRequest, MethodNotFound, TxassError, UnroutableMessage
 
 if TYPE_CHECKING:
     from txass._broker import Broker
 
 DEFAULT_RESULT_PREFETCH = 100
 DEFAULT_STOP_GRACE = 30.0
+
+# The AMQP reply code for a missing queue or exchange.
+NOT_FOUND = 404
 
 
 class Client:
@@ -49,6 +52,9 @@ class Client:
         self._channel: AMQPChannel | None = None
         self._consumer_tag: str | None = None
         self._starting: SharedResult[None] | None = None
+        # Counts calls to stop(), so that a consumer still starting when
+        # stop() runs knows to cancel itself.
+        self._generation = 0
         self._dispatcher: Dispatcher | None = None
         self._pending: set[defer.Deferred[None]] = set()
 
@@ -95,6 +101,29 @@ class Client:
         return self
 
     async def _start_consuming(self, prefetch: int) -> None:
+        generation = self._generation
+        try:
+            channel, tag = await self._consume(prefetch)
+        except ChannelClosed as e:
+            if e.reply_code != NOT_FOUND:
+                raise
+            # The queue was deleted since this connection declared it.
+            self._broker._forget_declarations(self.topology, self.queue)
+            channel, tag = await self._consume(prefetch)
+        if generation != self._generation or self._broker._closing is not None:
+            # stop() or Broker.close() ran while the consumer started.
+            await channel.cancel(tag)
+            await channel.close()
+            return
+        self._channel, self._consumer_tag = channel, tag
+        self._broker._clients.add(self)
+        self.log.info(
+            "receiving results of {service} from {queue}",
+            service=self.service,
+            queue=self.queue,
+        )
+
+    async def _consume(self, prefetch: int) -> tuple[AMQPChannel, str]:
         await self._broker._declare_service(self.topology)
         await self._declare_own_queue()
         channel = await self._broker._open_channel()
@@ -108,13 +137,7 @@ class Client:
         except BaseException:
             await channel.close()
             raise
-        self._channel, self._consumer_tag = channel, tag
-        self._broker._clients.add(self)
-        self.log.info(
-            "receiving results of {service} from {queue}",
-            service=self.service,
-            queue=self.queue,
-        )
+        return channel, tag
 
     def _on_cancelled(self) -> None:
         self.log.error(
@@ -122,14 +145,12 @@ class Client:
             "call react() again to declare it and receive results",
             queue=self.queue,
         )
-        self._broker._forget_result_queue(self.queue)
+        self._broker._forget_declarations(None, self.queue)
         self.stop()
 
     def _on_delivery(self, channel: AMQPChannel, delivery: Delivery) -> None:
         try:
             self._dispatch(channel, delivery)
-        except KeyboardInterrupt:
-            raise
         except BaseException:
             # Nothing may escape into the AMQP engine, which would drop the
             # connection with every server and client on it.
@@ -168,6 +189,7 @@ class Client:
         d = run_in_context(context, self._invoke, reply.method, value)
         self._pending.add(d)
         d.addBoth(self._settle, channel, delivery, context)
+        d.addBoth(lambda _: self._pending.discard(d))
 
     def _invoke(self, method: str, value: Any) -> defer.Deferred[Any]:
         assert self._dispatcher is not None
@@ -178,9 +200,6 @@ class Client:
         return call_handler(function, value)
 
     def _settle(self, result: Any, channel: AMQPChannel, delivery: Delivery, context: RequestContext) -> None:
-        for d in list(self._pending):
-            if d.called:
-                self._pending.discard(d)
         if isinstance(result, Failure):
             if result.check(MethodNotFound):
                 self.log.error(
@@ -279,13 +298,16 @@ class Client:
             type=method,
         )
         publisher = await self._broker._publisher(self.service)
-        await publisher.publish(
-            self.topology.exchange,
-            self.topology.routing_key,
-            body,
-            properties,
-            mandatory=True,
-        )
+        try:
+            await publisher.publish(self.topology.exchange, self.topology.routing_key, body, properties, mandatory=True)
+        except UnroutableMessage:
+            # The service queue was deleted since this connection declared
+            # it.  A returned message was not stored, so sending it again
+            # cannot make a duplicate.
+            self._broker._forget_declarations(self.topology, None)
+            await self._broker._declare_service(self.topology)
+            publisher = await self._broker._publisher(self.service)
+            await publisher.publish(self.topology.exchange, self.topology.routing_key, body, properties, mandatory=True)
         return message_id
 
     def stop(self, grace: float = DEFAULT_STOP_GRACE) -> defer.Deferred[None]:
@@ -304,6 +326,7 @@ class Client:
     async def _stop(self, grace: float) -> None:
         self._broker._clients.discard(self)
         self._starting = None
+        self._generation += 1
         channel, self._channel = self._channel, None
         tag, self._consumer_tag = self._consumer_tag, None
         if channel is None:

@@ -123,9 +123,12 @@ def encode_error(
         return encode_json({"method": method, "error": error, "meta": {}})
 
 
-def _media_type(content_type: str | None) -> str:
+def _media_type(content_type: object) -> str:
     if not content_type:
         return CONTENT_TYPE
+    if not isinstance(content_type, str):
+        # pika passes a property that is not valid UTF-8 on as bytes.
+        return repr(content_type)
     return content_type.split(";", 1)[0].strip().lower()
 
 

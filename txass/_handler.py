@@ -188,11 +188,10 @@ def call_handler(function: Callable[..., Any], data: Any) -> defer.Deferred[Any]
     """
     try:
         result = function(data)
-    except KeyboardInterrupt:
-        raise
     except BaseException:
-        # SystemExit or asyncio.CancelledError from a handler is reported
-        # like any other exception, never passed up into the AMQP engine.
+        # SystemExit, KeyboardInterrupt or asyncio.CancelledError from a
+        # handler is reported like any other exception, never passed up into
+        # the AMQP engine.  The reactor handles SIGINT itself.
         return defer.fail()
     if isinstance(result, defer.Deferred):
         return result

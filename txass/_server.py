@@ -229,8 +229,6 @@ class Server:
         outcome = run_in_context(context, self._invoke, request)
         try:
             result = await outcome
-        except KeyboardInterrupt:
-            raise
         except BaseException as e:
             # SystemExit or asyncio.CancelledError raised by a handler is its
             # failure like any other, not a reason to leave the request.
