@@ -5,10 +5,15 @@ result as it arrives.
 Start the echo server first, then run this from the checkout:
 
     twistd -n ass --service echo --reactor examples.echo.Echo
-    python -m examples.client [--key KEY] [--count N] [--broker URL] [--timeout SECONDS]
+    python -m examples.client [--service NAME] [--key KEY] [--count N] [--broker URL] [--timeout SECONDS]
+
+Give the server and the client the same service name.  With --service,
+several users of one broker can each run the walkthrough under a name of
+their own.
 
 The exit status is 0 once every result of this run arrived, and 1 when the
-connection fails or the results do not all arrive within the timeout.
+connection fails, the service name or key is invalid, or the results do not
+all arrive within the timeout.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from twisted.logger import (
 
 import txass
 
-SERVICE = "echo"
+DEFAULT_SERVICE = "echo"
 
 # The data of the requests, taken in turn, so the first request is foo(42).
 SAMPLE_DATA: list[Any] = [42, "hello", [1, 2, 3], {"answer": 42}]
@@ -86,8 +91,14 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         description="Call the echo service and print each result as it arrives.",
     )
     parser.add_argument(
+        "--service",
+        default=DEFAULT_SERVICE,
+        metavar="NAME",
+        help="name of the service to call, served by examples.echo.Echo (default: echo)",
+    )
+    parser.add_argument(
         "--key",
-        help="client key: results go to the durable queue echo.client.KEY and wait there "
+        help="client key: results go to the durable queue NAME.client.KEY and wait there "
         "while this client is down (default: a temporary queue deleted on exit)",
     )
     parser.add_argument("--count", type=int, default=4, help="number of requests to send (default: 4)")
@@ -134,7 +145,7 @@ async def main(reactor: Any, argv: list[str]) -> None:
         raise SystemExit(1)
 
     try:
-        client = broker.service(SERVICE).client(key=arguments.key)
+        client = broker.service(arguments.service).client(key=arguments.key)
         await client.react(results)
         print(f"results go to queue {client.queue}", flush=True)
 
@@ -152,7 +163,7 @@ async def main(reactor: Any, argv: list[str]) -> None:
             print(
                 f"examples.client: timed out after {arguments.timeout:g} s: "
                 f"{results.missing()} of {arguments.count} results missing; "
-                f"is a server of {SERVICE!r} running?",
+                f"is a server of {arguments.service!r} running?",
                 file=sys.stderr,
             )
             raise SystemExit(1)

@@ -101,6 +101,10 @@ class ParseURLTests(SynchronousTestCase):
             "amqp://h?heartbeat=-1",
             "amqp://h?frame_max=1",
             "amqp://h?channel_max=70000",
+            "amqp://h?heartbeat=100000",
+            "amqp://h?heartbeat=1.5",
+            "amqp://h?connection_timeout=nan",
+            "amqp://h?connection_timeout=0",
         ]:
             with self.subTest(url=url):
                 self.assertRaises(InvalidURL, parse_url, url)

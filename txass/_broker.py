@@ -42,8 +42,9 @@ class Broker:
         self._reactor = reactor
         self.address: BrokerAddress = connection.address
         self._publisher_channels: dict[str, SharedResult[AMQPChannel]] = {}
-        # NOTE: declarations are made once per connection; a queue deleted
-        # later is not declared again by this broker object.
+        # Declarations are made once per connection.  A queue deleted later
+        # is declared again when consuming it or publishing to it fails.
+        # NOTE: a deleted exchange is not declared again until reconnect.
         self._declarations: dict[tuple[str, str], SharedResult[None]] = {}
         self._servers: set[Server] = set()
         self._clients: set[Client] = set()

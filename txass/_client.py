@@ -18,7 +18,7 @@ from txass._handler import Dispatcher, call_handler, make_dispatcher
 from txass._server import PERSISTENT, new_message_id
 from txass._topology import Topology
 from txass._util import SharedResult, wait_at_most, when_done
-from txass.errors import ChannelClosed, InvalidRequest, MethodNotFound, TxassError, UnroutableMessage
+from txass.errors import ChannelClosed, ConnectionLost, InvalidRequest, MethodNotFound, TxassError, UnroutableMessage
 
 if TYPE_CHECKING:
     from txass._broker import Broker
@@ -114,6 +114,8 @@ class Client:
             # stop() or Broker.close() ran while the consumer started.
             await channel.cancel(tag)
             await channel.close()
+            if self._broker._closing is not None:
+                raise ConnectionLost("Broker.close() was called while the client was starting")
             return
         self._channel, self._consumer_tag = channel, tag
         self._broker._clients.add(self)

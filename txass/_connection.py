@@ -9,6 +9,7 @@ L{txass.errors}.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -149,9 +150,17 @@ def parse_url(url: str | None = None) -> BrokerAddress:
         except ValueError as e:
             if isinstance(e, InvalidURL):
                 raise
-            raise InvalidURL(f"invalid value {value!r} for broker URL option {name!r}: expected a number") from None
+            expected = "an integer" if name in _INTEGER_OPTIONS else "a number"
+            raise InvalidURL(f"invalid value {value!r} for broker URL option {name!r}: expected {expected}") from None
         if options[name] < 0:
             raise InvalidURL(f"invalid value {value!r} for broker URL option {name!r}: must not be negative")
+        if name == "heartbeat" and options[name] > 65535:
+            raise InvalidURL(f"invalid value {value!r} for broker URL option 'heartbeat': at most 65535 seconds")
+        if name == "connection_timeout" and not (math.isfinite(options[name]) and options[name] > 0):
+            raise InvalidURL(
+                f"invalid value {value!r} for broker URL option 'connection_timeout': "
+                f"expected a finite number of seconds above 0"
+            )
     address = BrokerAddress(host=host, port=port, vhost=vhost, user=user, password=password, tls=tls, **options)
     try:
         address.pika_parameters()

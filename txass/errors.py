@@ -2,8 +2,9 @@
 The exceptions txass raises, and the error types its error replies name.
 
 Every exception derives from L{TxassError}, so C{except TxassError} catches
-anything txass itself reports.  No message or attribute ever contains a
-broker password.
+any failure of the broker, the connection or a message.  Invalid arguments,
+such as a prefetch out of range, raise C{ValueError} or C{TypeError} at
+once.  No message or attribute ever contains a broker password.
 """
 
 from __future__ import annotations
