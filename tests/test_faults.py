@@ -224,8 +224,10 @@ class ClientFaultTests(unittest.TestCase):
         When a method name is empty or longer than 255 UTF-8 bytes, then the
         call fails with ValueError and nothing is sent.
         """
+        name = unique_name("names")
+        remove_after(self, name)
         broker = await connect(self)
-        client = broker.service(unique_name("names")).client()
+        client = broker.service(name).client()
         for method in ["", "é" * 128, "\ud800"]:
             await self.assertFailure(client.call(method), ValueError)
             await self.assertFailure(client.cast(method), ValueError)
@@ -235,8 +237,10 @@ class ClientFaultTests(unittest.TestCase):
         When a client reacts with a prefetch outside 1 to 65535, then react
         raises ValueError.
         """
+        name = unique_name("prefetch")
+        remove_after(self, name)
         broker = await connect(self)
-        client = broker.service(unique_name("prefetch")).client()
+        client = broker.service(name).client()
         for prefetch in [0, 70000, True]:
             self.assertRaises(ValueError, client.react, Results(), prefetch=prefetch)
 
