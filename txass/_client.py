@@ -53,7 +53,7 @@ class Client:
         self._consumer_tag: str | None = None
         self._starting: SharedResult[None] | None = None
         # Counts calls to stop(), so that a consumer still starting when
-        # stop() runs knows to cancel itself.
+        # stop() runs can tell that it must cancel itself.
         self._generation = 0
         self._dispatcher: Dispatcher | None = None
         self._pending: set[defer.Deferred[None]] = set()

@@ -260,8 +260,8 @@ class Server:
             "handler {service}.{method} raised {error_type} for request {message_id} "
             "(correlation id {correlation_id})",
             failure,
-            # A handler's exception is an error of one request, answered
-            # with an error reply; critical is kept for faults of txass.
+            # A handler's exception is an error of one request, reported
+            # in an error reply; critical is kept for faults of txass.
             level=LogLevel.error,
             service=self.service,
             method=context.method,
