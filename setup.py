@@ -1,8 +1,8 @@
 """Packaging for txass.
 
-The twistd plugin lives in the namespace package ``twisted.plugins``; it is
-listed as a single module so that no ``twisted/plugins/__init__.py`` is ever
-installed, which would hide every other distribution's plugins.
+The twistd plugin lives in the namespace package ``twisted.plugins``.  It is
+listed as a single module, so no ``twisted/plugins/__init__.py`` is ever
+installed: such a file would hide every other distribution's plugins.
 """
 
 from setuptools import setup
@@ -19,8 +19,7 @@ setup(
     py_modules=["twisted.plugins.txass_plugin"],
     package_data={"txass": ["py.typed"]},
     # The lower bounds are the oldest releases the whole test suite passed
-    # with (Twisted 24.7.0, pika 1.3.2, pyOpenSSL 24.0.0, service_identity
-    # 24.1.0 on Python 3.11); the newest it passed with were Twisted 26.10.0
+    # with, on Python 3.11.  The newest it passed with were Twisted 26.10.0
     # and pika 1.4.4.
     install_requires=[
         "Twisted>=24.7.0",

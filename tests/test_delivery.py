@@ -23,12 +23,12 @@ class Slow:
         self.label = label
         self.delay = delay
         self.running = 0
-        self.most_running = 0
+        self.max_running = 0
         self.served = 0
 
     async def work(self, value: Any) -> Any:
         self.running += 1
-        self.most_running = max(self.most_running, self.running)
+        self.max_running = max(self.max_running, self.running)
         try:
             await task.deferLater(reactor, self.delay, lambda: None)
         finally:
@@ -155,7 +155,7 @@ class SharingTests(unittest.TestCase):
     async def test_two_servers_share_load(self) -> None:
         """
         When two servers on separate connections serve one service, then
-        both take requests and each holds at most its prefetch at once.
+        both take requests and each runs at most its prefetch at once.
         """
         name = unique_name("share")
         remove_after(self, name)
@@ -174,8 +174,8 @@ class SharingTests(unittest.TestCase):
         self.assertEqual(first.served + second.served, 60)
         self.assertGreater(first.served, 0)
         self.assertGreater(second.served, 0)
-        self.assertLessEqual(first.most_running, 3)
-        self.assertLessEqual(second.most_running, 3)
+        self.assertLessEqual(first.max_running, 3)
+        self.assertLessEqual(second.max_running, 3)
 
     async def test_default_prefetch_bounds_concurrency(self) -> None:
         """
@@ -193,7 +193,7 @@ class SharingTests(unittest.TestCase):
         await client.react(results)
         await defer.gatherResults([client.call("work", number) for number in range(40)])
         await results.wait_for(40, seconds=30)
-        self.assertEqual(handler.most_running, 10)
+        self.assertEqual(handler.max_running, 10)
 
     async def test_clients_receive_only_their_results(self) -> None:
         """

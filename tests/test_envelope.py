@@ -74,7 +74,7 @@ class RequestEnvelopeTests(SynchronousTestCase):
 
     def test_unencodable_data(self) -> None:
         """
-        When data holds a set, an object or NaN, then encoding raises
+        When data contains a set, an object or NaN, then encoding raises
         EncodingError.
         """
         for value in [{1, 2}, object(), float("nan"), float("inf")]:
@@ -83,7 +83,7 @@ class RequestEnvelopeTests(SynchronousTestCase):
 
     def test_lone_surrogates_escaped(self) -> None:
         """
-        When text holds lone surrogates, which have no UTF-8 form, then they
+        When text contains lone surrogates, which have no UTF-8 form, then they
         are sent as JSON escapes and decode to the same text.
         """
         text = b"caf\xe9".decode("utf-8", "surrogateescape")
@@ -112,7 +112,7 @@ class ReplyEnvelopeTests(SynchronousTestCase):
 
     def test_null_result(self) -> None:
         """
-        When a handler returned None, then the reply holds a null result,
+        When a handler returned None, then the reply contains a null result,
         not an error.
         """
         reply = _envelope.decode_reply(_envelope.encode_result("foo", None, {}), None)

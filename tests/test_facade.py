@@ -62,7 +62,7 @@ class FacadeTests(SynchronousTestCase):
 
     def test_wheel_has_no_plugins_package(self) -> None:
         """
-        When the distribution is built, then it holds the plugin module but
+        When the distribution is built, then it contains the plugin module but
         no twisted/plugins/__init__.py, which would hide other plugins.
         """
         target = self.mktemp()

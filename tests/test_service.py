@@ -51,7 +51,7 @@ class Echo:
 
 class ContextHandler:
     """
-    A handler that reports, after a random delay, the context it sees.
+    A handler that reports, after a random delay, the context it reads.
     """
 
     async def report(self, input: Any) -> Any:
@@ -313,8 +313,8 @@ class ServiceTests(unittest.TestCase):
 
     async def test_meta_round_trip(self) -> None:
         """
-        When a call carries meta, then the handler sees it and the result
-        callback sees it again.
+        When a call carries meta, then the handler reads it and the result
+        callback receives it again.
         """
         broker, name, _ = await self.serve(ContextHandler)
         client, results = await self.client(broker, name)
@@ -327,7 +327,7 @@ class ServiceTests(unittest.TestCase):
     async def test_context_with_many_in_flight(self) -> None:
         """
         When many requests are in flight at once, then each handler call
-        sees its own request's context before and after awaiting, for
+        reads its own request's context before and after awaiting, for
         class, module, mapping and object handlers.
         """
         handlers: list[Any] = [

@@ -608,7 +608,7 @@ class SharingStagesTests(unittest.TestCase):
     async def test_two_stages_share_load(self) -> None:
         """
         When two stage processes serve one service, then both serve a share
-        of the requests and every request is answered once.
+        of the requests and every request gets one reply.
         """
         service = support.unique_name("tap-share")
         support.remove_after(self, service)

@@ -38,7 +38,7 @@ class TopologyTests(SynchronousTestCase):
 
     def test_invalid_service_names(self) -> None:
         """
-        When a service name is empty, too long, reserved or holds other
+        When a service name is empty, too long, reserved or contains other
         characters, then InvalidName is raised.
         """
         for name in ["", "a" * 201, "amq.echo", "has space", "-lead", "é", None, 3, "echo.client.web"]:

@@ -4,7 +4,7 @@ callback is receiving.
 
 Each delivery is dispatched in a copy of the current L{contextvars} context
 that contains its own L{RequestContext}.  Coroutines started there keep that
-copy across every C{await}, so each of many requests in flight at once sees
+copy across every C{await}, so each of many requests in flight at once reads
 its own context, whatever the kind of handler.
 """
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     """
-    What a handler may know about the message it is handling.
+    The message a handler is handling, as the handler can read it.
 
     @ivar service: The name of the service.
     @ivar method: The method the request named.

@@ -1,5 +1,5 @@
 """
-How a service name maps to AMQP exchanges, queues and routing keys.
+The mapping of a service name to AMQP exchanges, queues and routing keys.
 
 For a service C{S}:
 

@@ -52,7 +52,7 @@ class SharedResult(Generic[T]):
     every caller that asks while it runs.
 
     After a failure the next call runs the function again, and L{reset}
-    forgets a value that went stale (such as a closed channel).
+    drops a value that went stale (such as a closed channel).
     """
 
     def __init__(self, function: Callable[[], Awaitable[T]]) -> None:
