@@ -19,20 +19,24 @@ from txass._broker import Broker, Service
 from txass._client import Client
 from txass._connection import DEFAULT_URL, InvalidURL, open_connection, parse_url
 from txass._context import RequestContext, current_request
+from txass._rpc import RPCClient
 from txass._server import Server
 from txass.errors import (
     AuthenticationFailed,
+    CallTimeout,
     ChannelClosed,
     ConnectionFailed,
     ConnectionLost,
     EncodingError,
     InvalidHandler,
     InvalidName,
+    InvalidReply,
     InvalidRequest,
     MethodNotFound,
     NoCurrentRequest,
     PublishFailed,
     RemoteError,
+    ServiceNotFound,
     TxassError,
     UnroutableMessage,
     VhostNotFound,
@@ -47,6 +51,7 @@ __all__ = [
     "Service",
     "Server",
     "Client",
+    "RPCClient",
     "RequestContext",
     "DEFAULT_URL",
     "TxassError",
@@ -57,10 +62,13 @@ __all__ = [
     "ChannelClosed",
     "PublishFailed",
     "UnroutableMessage",
+    "ServiceNotFound",
+    "CallTimeout",
     "InvalidURL",
     "InvalidName",
     "InvalidHandler",
     "InvalidRequest",
+    "InvalidReply",
     "MethodNotFound",
     "EncodingError",
     "RemoteError",

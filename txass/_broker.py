@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from txass._client import Client
 from txass._connection import AMQPChannel, AMQPConnection, BrokerAddress, open_connection, parse_url
 from txass._handler import make_dispatcher
+from txass._rpc import DEFAULT_TIMEOUT, RPCClient, _Caller, check_timeout
 from txass._server import Server
 from txass._topology import Topology
 from txass._util import SharedResult, when_done
@@ -48,6 +49,7 @@ class Broker:
         self._declarations: dict[tuple[str, str], SharedResult[None]] = {}
         self._servers: set[Server] = set()
         self._clients: set[Client] = set()
+        self._callers: dict[tuple[str, bool], _Caller] = {}
         self._closing: defer.Deferred[None] | None = None
         connection.when_closed().addCallback(self._on_connection_closed)
 
@@ -76,6 +78,31 @@ class Broker:
         @raise txass.errors.InvalidName: if C{name} cannot name a service.
         """
         return Service(self, Topology.for_service(name))
+
+    def rpc(self, service: str, *, timeout: float = DEFAULT_TIMEOUT, direct_reply_to: bool = True) -> RPCClient:
+        """
+        Return an RPC client of the service called C{service}, whose calls
+        return Deferreds that fire with the results.
+
+        RPC clients are cheap to create: all those of one service share one
+        channel and one reply destination on this connection.
+
+        @param timeout: The default timeout of a call, in seconds.
+        @param direct_reply_to: Whether replies come through RabbitMQ's
+            direct reply-to, which declares no queue.  Otherwise, or when
+            the broker does not offer it, replies go to an exclusive queue
+            the broker deletes when the connection closes.
+        @raise txass.errors.InvalidName: if C{service} cannot name a
+            service.
+        @raise ValueError: if C{timeout} is not a number greater than 0.
+        """
+        topology = Topology.for_service(service)
+        seconds = check_timeout(timeout)
+        key = (topology.service, bool(direct_reply_to))
+        caller = self._callers.get(key)
+        if caller is None:
+            caller = self._callers[key] = _Caller(self, topology, direct_reply_to=bool(direct_reply_to))
+        return RPCClient(caller, seconds)
 
     async def _open_channel(self, *, confirms: bool = False) -> AMQPChannel:
         return await self._connection.channel(confirms=confirms)
@@ -230,6 +257,8 @@ class Broker:
         return when_done(self._closing)
 
     async def _close(self) -> None:
+        for caller in list(self._callers.values()):
+            await caller.close()
         stops = [server.stop() for server in list(self._servers)]
         stops += [client.stop() for client in list(self._clients)]
         if stops:

@@ -427,10 +427,12 @@ class AMQPChannel:
         on_delivery: Callable[[Delivery], None],
         *,
         exclusive: bool = False,
+        auto_ack: bool = False,
         on_cancelled: Callable[[], None] | None = None,
     ) -> str:
         """
-        Start consuming C{queue} with manual acknowledgements.
+        Start consuming C{queue}, with manual acknowledgements unless
+        C{auto_ack} is set.
 
         @param on_delivery: Called with each L{Delivery}, in order.
         @param on_cancelled: Called when the broker cancels the consumer,
@@ -466,7 +468,7 @@ class AMQPChannel:
         self._raw.basic_consume(
             queue=queue,
             on_message_callback=on_message,
-            auto_ack=False,
+            auto_ack=auto_ack,
             exclusive=exclusive,
             callback=consume_ok,
         )

@@ -73,6 +73,21 @@ class PublishChannel(Protocol):
     ) -> defer.Deferred[None]: ...
 
 
+# The prefix of the reply destinations of RabbitMQ's direct reply-to.
+DIRECT_REPLY_PREFIX = "amq.rabbitmq.reply-to."
+
+
+def _can_return(reply_to: str) -> bool:
+    """
+    Return whether a reply to C{reply_to} can be published as mandatory.
+
+    RabbitMQ returns a mandatory message sent to a direct reply-to
+    destination as unroutable even when it delivers it, so such replies
+    are published without the flag; one whose caller is gone is dropped.
+    """
+    return not reply_to.startswith(DIRECT_REPLY_PREFIX)
+
+
 def new_message_id() -> str:
     return uuid.uuid4().hex
 
@@ -342,7 +357,7 @@ class Server:
             )
             try:
                 publisher = await self._publisher()
-                await publisher.publish("", reply_to, payload, reply_properties, mandatory=True)
+                await publisher.publish("", reply_to, payload, reply_properties, mandatory=_can_return(reply_to))
                 return True
             except UnroutableMessage:
                 self.log.warn(

@@ -18,9 +18,12 @@ __all__ = [
     "ChannelClosed",
     "PublishFailed",
     "UnroutableMessage",
+    "ServiceNotFound",
+    "CallTimeout",
     "InvalidName",
     "InvalidHandler",
     "InvalidRequest",
+    "InvalidReply",
     "MethodNotFound",
     "EncodingError",
     "RemoteError",
@@ -121,6 +124,45 @@ class UnroutableMessage(PublishFailed):
         )
 
 
+class ServiceNotFound(UnroutableMessage, LookupError):
+    """
+    Raised when an RPC call is sent to a service that has no request queue
+    on the broker, so no server has ever declared it.  The call was not
+    stored.
+
+    @ivar service: The name of the service.
+    @ivar vhost: The virtual host the call was sent in.
+    """
+
+    def __init__(self, service: str, vhost: str) -> None:
+        self.service = service
+        self.vhost = vhost
+        self.exchange = ""
+        self.routing_key = service
+        Exception.__init__(
+            self,
+            f"no such service {service!r} in vhost {vhost!r}: the broker has no queue named "
+            f"{service!r}; start a server of the service first",
+        )
+
+
+class CallTimeout(TxassError, TimeoutError):
+    """
+    Raised when an RPC call gets no reply within its timeout.  The request
+    may still be served later; its reply is then dropped.
+
+    @ivar service: The service called.
+    @ivar method: The method called.
+    @ivar timeout: The timeout, in seconds.
+    """
+
+    def __init__(self, service: str, method: str, timeout: float) -> None:
+        self.service = service
+        self.method = method
+        self.timeout = timeout
+        super().__init__(f"no reply from {service}.{method} within {timeout:g} s")
+
+
 class InvalidName(TxassError, ValueError):
     """
     Raised when a service name or client key cannot be used as part of an
@@ -138,6 +180,13 @@ class InvalidRequest(TxassError):
     """
     The error type of a reply to a request that could not be decoded: its
     body is not a JSON envelope, or its content type is not accepted.
+    """
+
+
+class InvalidReply(TxassError):
+    """
+    Raised by an RPC call whose reply is not a reply envelope, for example
+    because something other than a txass server answered it.
     """
 
 
