@@ -14,8 +14,10 @@ import sys
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
+from urllib.parse import quote
 
 from twisted.internet import defer, reactor
+from twisted.protocols import portforward
 from twisted.trial import unittest
 
 import txass
@@ -179,3 +181,48 @@ def rabbitmqctl(*arguments: str) -> str:
         env={**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin"},
     )
     return result.stdout
+
+
+class _ProxyServer(portforward.ProxyServer):
+    def connectionMade(self) -> None:
+        self.factory.proxy.connections.add(self)  # type: ignore[attr-defined]
+        super().connectionMade()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.proxy.connections.discard(self)  # type: ignore[attr-defined]
+        super().connectionLost(reason)
+
+
+class TCPProxy:
+    """
+    A TCP proxy of the test's own on a loopback port, forwarding to the
+    test broker, whose connections a test can cut.
+
+    @ivar url: The broker URL that connects through the proxy.
+    """
+
+    def __init__(self, testcase: unittest.TestCase) -> None:
+        address = parse_url(BROKER_URL)
+        factory = portforward.ProxyFactory(address.host, address.port)
+        factory.protocol = _ProxyServer
+        factory.proxy = self  # type: ignore[attr-defined]
+        self.connections: set[portforward.ProxyServer] = set()
+        self._port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        testcase.addCleanup(self.close)
+        port = self._port.getHost().port
+        self.url = f"amqp://{address.user}:{address.password}@127.0.0.1:{port}/{quote(address.vhost, safe='')}"
+
+    def cut(self) -> None:
+        """
+        Abort every connection through the proxy, on both sides, as a
+        network failure would.
+        """
+        for connection in list(self.connections):
+            connection.transport.abortConnection()
+            if connection.peer is not None:
+                connection.peer.transport.abortConnection()
+
+    def close(self) -> defer.Deferred[None]:
+        self.cut()
+        result: defer.Deferred[None] = defer.maybeDeferred(self._port.stopListening)
+        return result

@@ -35,6 +35,14 @@ class Handler:
     async def cancelled(self, value: Any) -> Any:
         raise asyncio.CancelledError()
 
+    def never(self, value: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        Handler.unfired.append(d)
+        return d
+
+    # Deferreds returned by "never", which never fire.
+    unfired: list[defer.Deferred[Any]] = []
+
 
 class ServerFaultTests(unittest.TestCase):
     async def serve(self) -> tuple[txass.Broker, str, txass.Client, Results]:
@@ -106,6 +114,24 @@ class ServerFaultTests(unittest.TestCase):
         self.assertEqual(results.values()[0].type, "CancelledError")
         self.assertEqual(results.values()[1], "served")
         self.flushLoggedErrors(asyncio.CancelledError)
+
+    async def test_unfired_handler_dropped(self) -> None:
+        """
+        When a handler's Deferred never fires and is dropped after its
+        request was requeued, then nothing is logged as an error.
+        """
+        name = unique_name("fault")
+        remove_after(self, name)
+        broker = await connect(self)
+        server = await broker.service(name).react(Handler, grace=0)
+        Handler.unfired.clear()
+        await broker.service(name).client().call("never")
+        while not Handler.unfired:
+            await task.deferLater(reactor, 0.01, lambda: None)
+        await server.stop()
+        Handler.unfired.clear()
+        gc.collect()
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class ClientFaultTests(unittest.TestCase):

@@ -231,7 +231,7 @@ class Broker:
                 reactor=self._reactor,
             )
             await server.start()
-        except BaseException:
+        except Exception:
             await consumer.close()
             raise
         self._servers.add(server)

@@ -136,7 +136,7 @@ class Client:
                 lambda delivery: self._on_delivery(channel, delivery),
                 on_cancelled=self._on_cancelled,
             )
-        except BaseException:
+        except Exception:
             await channel.close()
             raise
         return channel, tag

@@ -130,7 +130,7 @@ class _Caller:
                 auto_ack=True,
                 on_cancelled=lambda: self._on_cancelled(channel, reply_to),
             )
-        except BaseException:
+        except Exception:
             await channel.close()
             raise
         channel.when_closed().addCallback(self._on_channel_closed, channel)
@@ -159,13 +159,7 @@ class _Caller:
                 reason=reason,
             )
         for call in lost:
-            self._fail(
-                call.correlation_id,
-                ConnectionLost(
-                    f"{reason} while calling {self.service}.{call.method}; the request may or may not "
-                    f"have been served, and its reply is lost"
-                ),
-            )
+            self._fail(call.correlation_id, self._lost(call, reason))
 
     def call(self, method: str, body: bytes, timeout: float) -> defer.Deferred[Any]:
         correlation_id = new_message_id()
@@ -202,8 +196,19 @@ class _Caller:
             await channel.publish("", self.topology.queue, body, properties, mandatory=True)
         except UnroutableMessage:
             self._fail(call.correlation_id, ServiceNotFound(self.service, self._broker.address.vhost))
+        except (ConnectionLost, ChannelClosed) as e:
+            if call.channel is not None:
+                # The channel closed before the broker confirmed the request.
+                e = self._lost(call, e)
+            self._fail(call.correlation_id, e)
         except Exception as e:
             self._fail(call.correlation_id, e)
+
+    def _lost(self, call: _Call, reason: Exception) -> ConnectionLost:
+        return ConnectionLost(
+            f"{reason} while calling {self.service}.{call.method}; the request may or may not "
+            f"have been served, and its reply is lost"
+        )
 
     def _on_reply(self, delivery: Delivery) -> None:
         # Called by the AMQP engine: nothing may escape from here.

@@ -244,6 +244,10 @@ class Server:
         outcome = run_in_context(context, self._invoke, request)
         try:
             result = await outcome
+        except GeneratorExit:
+            # This coroutine is being closed, because the handler's
+            # Deferred was dropped unfired after the request was requeued.
+            raise
         except BaseException as e:
             # SystemExit or asyncio.CancelledError raised by a handler is its
             # failure like any other, not a reason to leave the request.
