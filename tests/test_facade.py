@@ -29,6 +29,7 @@ class FacadeTests(SynchronousTestCase):
             "Service",
             "Server",
             "Client",
+            "RPCClient",
             "RequestContext",
             "RemoteError",
             "TxassError",
@@ -36,6 +37,9 @@ class FacadeTests(SynchronousTestCase):
             "AuthenticationFailed",
             "VhostNotFound",
             "ConnectionLost",
+            "CallTimeout",
+            "ServiceNotFound",
+            "InvalidReply",
             "InvalidHandler",
             "MethodNotFound",
         }
