@@ -326,6 +326,14 @@ class TimeoutTests(RPCTestCase):
             await task.deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(await message_count(self, name), 0)
 
+    async def test_long_timeout(self) -> None:
+        """
+        When a call's timeout is longer than any per-message TTL the broker
+        accepts, then the call still succeeds.
+        """
+        broker, name = await self.serve()
+        self.assertEqual(await within(broker.rpc(name).call("echo", 5, timeout=1e12)), 5)
+
     async def test_invalid_timeout(self) -> None:
         """
         When a timeout is not a positive number, then ValueError is raised

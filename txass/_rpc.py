@@ -44,6 +44,10 @@ DEFAULT_TIMEOUT = 30.0
 # RabbitMQ's pseudo-queue for replies sent straight to the calling channel.
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
+# The longest per-message TTL given to a request, in milliseconds (about
+# 49 days).  RabbitMQ closes the channel for an expiration it finds too large.
+MAX_EXPIRATION = 2**32 - 1
+
 # Requests of RPC calls are not persistent: a caller that gave up on its
 # reply gains nothing from a request that survives a broker restart.
 TRANSIENT = 1
@@ -188,7 +192,7 @@ class _Caller:
                 type=call.method,
                 # The broker drops a request still queued when its caller
                 # stops waiting for the reply.
-                expiration=str(math.ceil(timeout * 1000)),
+                expiration=str(min(math.ceil(timeout * 1000), MAX_EXPIRATION)),
             )
             # The default exchange routes to the service queue if it exists
             # and returns the request otherwise, so a missing service is
