@@ -27,6 +27,9 @@ setup(
         "pyOpenSSL>=24.0.0",
         "service_identity>=24.1.0",
     ],
+    entry_points={
+        "console_scripts": ["txass = txass._cli:main"],
+    },
     extras_require={
         "dev": ["mypy>=1.10"],
     },
