@@ -1,0 +1,212 @@
+"""
+Blocking RPC calls for code that runs outside the reactor, such as a web
+view, a script or a worker thread::
+
+    import txass.blocking
+
+    with txass.blocking.connect("amqp://guest:guest@localhost:5672/%2F") as broker:
+        echo = broker.rpc("echo")
+        print(echo.call("foo", 42))
+
+Each call hands its work to the reactor thread and waits for the outcome,
+so many threads can call at once through one L{BlockingBroker}.  When the
+global reactor already runs, for example in a thread of the application,
+the calls use it.  Otherwise the first L{connect} runs it in a daemon
+thread named C{txass-reactor}.  Start your own reactor thread, if you have
+one, and wait until it runs before the first L{connect}.
+
+Calls made in the reactor thread raise L{ReactorThreadError}, because
+waiting there would stop the reactor; use the Deferred API (L{txass.connect},
+L{txass.Broker.rpc}) in reactor code.
+
+When the interpreter exits, before it joins the threads that are not
+daemons, every open L{BlockingBroker} is closed, which makes the calls still
+waiting raise L{txass.ConnectionLost}, and the reactor thread started here
+is stopped.  This takes about two seconds at most.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from txass._bridge import BRIDGE, CLOSED_BY_USER, STEP_TIMEOUT, BridgedBroker, ReactorThreadError
+from txass._connection import BrokerAddress
+from txass._rpc import DEFAULT_TIMEOUT, RPCClient, check_timeout
+from txass.errors import ConnectionLost
+
+__all__ = ["connect", "BlockingBroker", "BlockingRPCClient", "ReactorThreadError"]
+
+# Seconds close() waits for the connection to close.
+CLOSE_TIMEOUT = 10.0
+
+
+def connect(url: str | None = None, *, timeout: float = 30.0) -> BlockingBroker:
+    """
+    Connect to a RabbitMQ broker and wait until the connection is open.
+
+    The first call starts the global reactor in a daemon thread unless it
+    already runs.
+
+    @param url: An AMQP URI, as for L{txass.connect}; without it,
+        C{$TXASS_BROKER_URL} is used, or else L{txass.DEFAULT_URL}.
+    @param timeout: Seconds to wait at most, including the start of the
+        reactor.
+    @return: The open connection.
+    @raise txass.ConnectionFailed: when the connection cannot be opened
+        within C{timeout}, or as L{txass.AuthenticationFailed} or
+        L{txass.VhostNotFound}, as L{txass.connect} fails.
+    @raise txass.InvalidURL: if C{url} is not a usable AMQP URI.
+    @raise ReactorThreadError: if called in the reactor thread, or if the
+        reactor has stopped and cannot be restarted.
+    @raise ValueError: if C{timeout} is not a number greater than 0.
+    """
+    BRIDGE.check_thread("txass.blocking.connect()")
+    seconds = check_timeout(timeout)
+    return BlockingBroker(BRIDGE.connect(url, seconds))
+
+
+class BlockingBroker:
+    """
+    A connection to a RabbitMQ broker for blocking code; L{connect} creates
+    it.  Any thread but the reactor's may use it, and many at once.
+
+    Use it as a context manager to close it on exit.
+
+    @ivar address: Where it is connected; C{address.safe_url()} shows it
+        without the password.
+    """
+
+    def __init__(self, bridged: BridgedBroker) -> None:
+        self._bridged = bridged
+        self.address: BrokerAddress = bridged.address
+
+    def __repr__(self) -> str:
+        return f"<BlockingBroker {self.address.safe_url()}>"
+
+    def __enter__(self) -> BlockingBroker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def is_open(self) -> bool:
+        """
+        Whether the connection is open and L{close} was not called.
+        """
+        return self._bridged.closed is None and self._bridged.broker.is_open
+
+    def rpc(self, service: str, *, timeout: float = DEFAULT_TIMEOUT, direct_reply_to: bool = True) -> BlockingRPCClient:
+        """
+        Return an RPC client of the service called C{service}, whose calls
+        wait for the results; see L{txass.Broker.rpc}.
+
+        @param timeout: The default timeout of a call, in seconds.
+        @param direct_reply_to: Whether replies come through RabbitMQ's
+            direct reply-to.
+        @raise txass.errors.InvalidName: if C{service} cannot name a
+            service.
+        @raise ValueError: if C{timeout} is not a number greater than 0.
+        @raise txass.ConnectionLost: if the connection is closed.
+        @raise ReactorThreadError: if called in the reactor thread, or if
+            the reactor thread does not respond within 10 seconds.
+        """
+        BRIDGE.check_thread("BlockingBroker.rpc()")
+        seconds = check_timeout(timeout)
+
+        def timed_out() -> Exception:
+            return ReactorThreadError(
+                f"the reactor thread did not create the RPC client of {service!r} within "
+                f"{STEP_TIMEOUT:g} s; it is blocked or stopped"
+            )
+
+        def lost(reason: str) -> Exception:
+            return ConnectionLost(f"{reason} while creating the RPC client of {service!r}")
+
+        client: RPCClient = self._bridged.run(
+            f"the creation of the RPC client of {service!r}",
+            self._bridged.broker.rpc,
+            service,
+            timeout=seconds,
+            direct_reply_to=direct_reply_to,
+            wait=STEP_TIMEOUT,
+            timed_out=timed_out,
+            lost=lost,
+        )
+        return BlockingRPCClient(self._bridged, client)
+
+    def close(self, *, timeout: float = CLOSE_TIMEOUT) -> None:
+        """
+        Close the connection.  Calls still waiting raise
+        L{txass.ConnectionLost} at once, and so do calls made later.
+
+        Closing again does nothing more, and waits as the first close does.
+
+        @param timeout: Seconds to wait at most for the connection to close.
+        @raise ReactorThreadError: if called in the reactor thread while the
+            reactor runs.
+        """
+        if BRIDGE.reactor_runs():
+            BRIDGE.check_thread("BlockingBroker.close()")
+        self._bridged.close(CLOSED_BY_USER, timeout)
+
+
+class BlockingRPCClient:
+    """
+    A caller of one service whose calls wait for the results;
+    L{BlockingBroker.rpc} creates it.  Any thread but the reactor's may use
+    it, and many at once.
+
+    @ivar timeout: The timeout of a call that does not give its own, in
+        seconds.
+    """
+
+    def __init__(self, bridged: BridgedBroker, client: RPCClient) -> None:
+        self._bridged = bridged
+        self._client = client
+        self.timeout = client.timeout
+
+    @property
+    def service(self) -> str:
+        return self._client.service
+
+    def __repr__(self) -> str:
+        return f"<BlockingRPCClient of {self.service!r} on {self._bridged.address.safe_url()}>"
+
+    def call(
+        self,
+        method: str,
+        data: Any = None,
+        *,
+        meta: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """
+        Call C{method} of the service with C{data} and wait for the result;
+        see L{txass.RPCClient.call}.
+
+        The reactor fails the call when its timeout runs out.  If the
+        reactor thread is blocked, this thread still stops waiting 2 seconds
+        after the timeout, raises L{txass.CallTimeout} and cancels the call.
+
+        @param meta: A dict of JSON values passed to the handler with the
+            request.
+        @param timeout: Seconds to wait for the reply; this client's
+            C{timeout} when not given.
+        @return: The handler's result.
+        @raise txass.RemoteError: when the handler raised.
+        @raise txass.CallTimeout: when no reply came in time.
+        @raise txass.ServiceNotFound: when the broker has no queue for the
+            service.
+        @raise txass.EncodingError: when C{data} or C{meta} cannot be
+            encoded as JSON.
+        @raise txass.ConnectionLost: when the connection closed, or
+            L{BlockingBroker.close} was called, before the reply came; or at
+            once, when the connection is closed.
+        @raise txass.InvalidReply: when the reply is not a txass reply.
+        @raise ReactorThreadError: if called in the reactor thread.
+        @raise ValueError: if C{timeout} is not a number greater than 0.
+        """
+        BRIDGE.check_thread("BlockingRPCClient.call()")
+        seconds = self.timeout if timeout is None else check_timeout(timeout)
+        return self._bridged.call(self._client, method, data, meta, seconds)
