@@ -44,8 +44,8 @@ DEFAULT_TIMEOUT = 30.0
 # RabbitMQ's pseudo-queue for replies sent straight to the calling channel.
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
-# The longest per-message TTL given to a request, in milliseconds (about
-# 49 days).  RabbitMQ closes the channel for an expiration it finds too large.
+# The maximum per-message TTL given to a request, in milliseconds (about
+# 49 days), because RabbitMQ closes the channel for a larger expiration.
 MAX_EXPIRATION = 2**32 - 1
 
 # Requests of RPC calls are not persistent: a caller that gave up on its
@@ -111,7 +111,7 @@ class _Caller:
             try:
                 return await self._open_with(DIRECT_REPLY_TO)
             except ChannelClosed as e:
-                # A broker without direct reply-to refuses to consume it.
+                # A broker without direct reply-to rejects the consumer.
                 self.log.info(
                     "direct reply-to is not available ({error}); replies to calls of {service} "
                     "go to an exclusive queue",
