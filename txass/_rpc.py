@@ -45,7 +45,8 @@ DEFAULT_TIMEOUT = 30.0
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 # The maximum per-message TTL given to a request, in milliseconds (about
-# 49 days), because RabbitMQ closes the channel for a larger expiration.
+# 49 days).  RabbitMQ 3.10 accepts it, and closes the channel for an
+# expiration above its own limit (1e15 ms failed there).
 MAX_EXPIRATION = 2**32 - 1
 
 # Requests of RPC calls are not persistent: a caller that gave up on its
