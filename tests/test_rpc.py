@@ -206,6 +206,49 @@ class ResultTests(RPCTestCase):
         self.assertEqual(warnings, [])
 
 
+class RequestSizeTests(RPCTestCase):
+    async def test_large_request_round_trip(self) -> None:
+        """
+        When a request of 5 MiB, spanning many AMQP frames, is sent, then
+        the result is the same data, byte for byte.
+        """
+        broker, name = await self.serve()
+        value = "ü" * (5 * 1024 * 1024 // 2)
+        self.assertEqual(await within(broker.rpc(name).call("echo", value), 60), value)
+
+    async def test_empty_string_round_trip(self) -> None:
+        """
+        When a request carries an empty string, then the result is the
+        empty string.
+        """
+        broker, name = await self.serve()
+        self.assertEqual(await within(broker.rpc(name).call("echo", "")), "")
+
+    async def test_request_too_large(self) -> None:
+        """
+        When a request is larger than the service's maximum request size,
+        then the call fails with a RequestTooLarge remote error naming both
+        sizes, and the server serves the next request.
+        """
+        broker, name = await self.serve(max_request_size=1000)
+        rpc = broker.rpc(name)
+        error = await self.failure_of(rpc.call("echo", "x" * 2000))
+        assert isinstance(error, txass.RemoteError)
+        self.assertEqual(error.type, "RequestTooLarge")
+        self.assertIn("larger than the maximum of 1000 bytes", error.message)
+        self.assertEqual(await within(rpc.call("echo", "small")), "small")
+
+    async def test_invalid_max_request_size(self) -> None:
+        """
+        When the maximum request size is not a positive integer, then
+        react() raises ValueError at once.
+        """
+        name = unique_name("rpc")
+        broker = await connect(self)
+        for size in [0, -1, 1.5, True, "big"]:
+            self.assertRaises(ValueError, broker.service(name).react, Calculator, max_request_size=size)
+
+
 class RemoteErrorTests(RPCTestCase):
     async def test_remote_error(self) -> None:
         """

@@ -329,6 +329,19 @@ class OptionsTests(unittest.TestCase):
                 options = parse("--service", "echo", "--reactor", "examples.echo.Echo", "--prefetch", str(value))
                 self.assertEqual(options["prefetch"], value)
 
+    def test_max_request_size(self) -> None:
+        """
+        When --max-request-size is a positive integer, then parsing accepts
+        it, and otherwise raises a UsageError naming the option.
+        """
+        options = parse("--service", "echo", "--reactor", "examples.echo.Echo", "--max-request-size", "1024")
+        self.assertEqual(options["max-request-size"], 1024)
+        for value in ["0", "-5", "big", "1.5"]:
+            with self.subTest(value=value):
+                with self.assertRaises(usage.UsageError) as caught:
+                    parse("--service", "echo", "--reactor", "examples.echo.Echo", "--max-request-size", value)
+                self.assertIn("--max-request-size", str(caught.exception))
+
     async def test_help(self) -> None:
         """
         When twistd ass is run with --help, then it exits 0 and the text

@@ -16,7 +16,7 @@ from txass._client import Client
 from txass._connection import AMQPChannel, AMQPConnection, BrokerAddress, open_connection, parse_url
 from txass._handler import make_dispatcher
 from txass._rpc import DEFAULT_TIMEOUT, RPCClient, _Caller, check_timeout
-from txass._server import Server
+from txass._server import DEFAULT_MAX_REQUEST_SIZE, Server
 from txass._topology import Topology
 from txass._util import SharedResult, when_done
 from txass.errors import ChannelClosed, ConnectionLost, TxassError
@@ -192,15 +192,15 @@ class Broker:
 
         await self._declare_once("queue", queue, declare)
 
-    async def _start_server(self, topology: Topology, handler: Any, prefetch: int, grace: float | None, send_tracebacks: bool) -> Server:
+    async def _start_server(self, topology: Topology, handler: Any, prefetch: int, grace: float | None, send_tracebacks: bool, max_request_size: int) -> Server:
         try:
-            server = await self._start_server_once(topology, handler, prefetch, grace, send_tracebacks)
+            server = await self._start_server_once(topology, handler, prefetch, grace, send_tracebacks, max_request_size)
         except ChannelClosed as e:
             if e.reply_code != NOT_FOUND:
                 raise
             # The service queue was deleted since this connection declared it.
             self._forget_declarations(topology, None)
-            server = await self._start_server_once(topology, handler, prefetch, grace, send_tracebacks)
+            server = await self._start_server_once(topology, handler, prefetch, grace, send_tracebacks, max_request_size)
         if self._closing is not None:
             # Broker.close() ran while the server started, so it did not
             # drain this one.
@@ -209,7 +209,7 @@ class Broker:
         return server
 
     async def _start_server_once(
-        self, topology: Topology, handler: Any, prefetch: int, grace: float | None, send_tracebacks: bool
+        self, topology: Topology, handler: Any, prefetch: int, grace: float | None, send_tracebacks: bool, max_request_size: int
     ) -> Server:
         dispatcher = make_dispatcher(handler)
         await self._declare_service(topology)
@@ -228,6 +228,7 @@ class Broker:
                 prefetch=prefetch,
                 grace=grace,
                 send_tracebacks=send_tracebacks,
+                max_request_size=max_request_size,
                 reactor=self._reactor,
             )
             await server.start()
@@ -302,6 +303,7 @@ class Service:
         prefetch: int = DEFAULT_PREFETCH,
         grace: float | None = DEFAULT_GRACE,
         send_tracebacks: bool = False,
+        max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
     ) -> defer.Deferred[Server]:
         """
         Serve this service's requests with C{handler}.
@@ -318,6 +320,9 @@ class Service:
             flight before requeueing them; L{None} waits forever.
         @param send_tracebacks: Whether error replies carry the remote
             traceback text.
+        @param max_request_size: The maximum size of a request body in
+            bytes.  A larger request gets a C{RequestTooLarge} error reply
+            without being decoded.
         @return: A Deferred that fires with the L{Server} once it consumes.
             It fails with L{txass.errors.ChannelClosed} when the broker
             refuses the declarations (for example a queue of that name
@@ -327,9 +332,11 @@ class Service:
             raise ValueError(f"prefetch must be an integer from 1 to 65535, not {prefetch!r}")
         if grace is not None and not (isinstance(grace, (int, float)) and math.isfinite(grace) and grace >= 0):
             raise ValueError(f"grace must be a number of seconds >= 0 or None, not {grace!r}")
+        if isinstance(max_request_size, bool) or not isinstance(max_request_size, int) or max_request_size < 1:
+            raise ValueError(f"max_request_size must be a number of bytes >= 1, not {max_request_size!r}")
         make_dispatcher(handler)
         return defer.Deferred.fromCoroutine(
-            self.broker._start_server(self.topology, handler, prefetch, grace, send_tracebacks)
+            self.broker._start_server(self.topology, handler, prefetch, grace, send_tracebacks, max_request_size)
         )
 
     def client(self, *, key: str | None = None) -> Client:

@@ -27,6 +27,7 @@ from txass.errors import (
     InvalidRequest,
     MethodNotFound,
     PublishFailed,
+    RequestTooLarge,
     TxassError,
     UnroutableMessage,
 )
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
     from txass._broker import Broker
 
 PERSISTENT = 2
+
+# The default maximum size of a request body, in bytes.
+DEFAULT_MAX_REQUEST_SIZE = 8 * 1024 * 1024
 
 
 class ConsumerChannel(Protocol):
@@ -117,6 +121,7 @@ class Server:
         prefetch: int,
         grace: float | None,
         send_tracebacks: bool = False,
+        max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
         reactor: Any,
     ) -> None:
         self.topology = topology
@@ -127,6 +132,7 @@ class Server:
         self.prefetch = prefetch
         self.grace = grace
         self.send_tracebacks = send_tracebacks
+        self.max_request_size = max_request_size
         self._reactor = reactor
         self.state = "starting"
         self._consumer_tag: str | None = None
@@ -218,6 +224,13 @@ class Server:
     async def _serve(self, delivery: Delivery) -> None:
         properties = delivery.properties
         try:
+            if len(delivery.body) > self.max_request_size:
+                # Checked before decoding, so an oversized body costs no
+                # parsing.
+                raise RequestTooLarge(
+                    f"request body of {len(delivery.body)} bytes is larger than the maximum of "
+                    f"{self.max_request_size} bytes for service {self.service!r}"
+                )
             request = _envelope.decode_request(delivery.body, properties.content_type)
         except InvalidRequest as e:
             self.log.error(

@@ -21,7 +21,7 @@ from twisted.python import usage
 from txass._broker import DEFAULT_GRACE, DEFAULT_PREFETCH, Broker
 from txass._connection import URL_ENVIRONMENT_VARIABLE, InvalidURL, parse_url
 from txass._handler import load_handler, make_dispatcher
-from txass._server import Server
+from txass._server import DEFAULT_MAX_REQUEST_SIZE, Server
 from txass._topology import check_service_name
 from txass.errors import InvalidHandler, InvalidName, TxassError
 
@@ -37,6 +37,16 @@ def _prefetch(value: str) -> int:
         number = 0
     if not 1 <= number <= 65535:
         raise ValueError(f"--prefetch must be an integer from 1 to 65535, not {value!r}")
+    return number
+
+
+def _max_request_size(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"--max-request-size must be a number of bytes >= 1, not {value!r}")
     return number
 
 
@@ -87,6 +97,14 @@ class Options(usage.Options):
             "requeued for another server.",
             float,
         ],
+        [
+            "max-request-size",
+            None,
+            DEFAULT_MAX_REQUEST_SIZE,
+            "Maximum size of a request body in bytes; a larger request gets a "
+            "RequestTooLarge error reply.",
+            _max_request_size,
+        ],
     ]
 
     optFlags = [
@@ -133,6 +151,7 @@ class StageService(Service):
         prefetch: int = DEFAULT_PREFETCH,
         grace: float | None = DEFAULT_GRACE,
         send_tracebacks: bool = False,
+        max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -145,6 +164,7 @@ class StageService(Service):
         self.prefetch = prefetch
         self.grace = grace
         self.send_tracebacks = send_tracebacks
+        self.max_request_size = max_request_size
         self._reactor = reactor
         self._broker: Broker | None = None
         self._server: Server | None = None
@@ -185,6 +205,7 @@ class StageService(Service):
             prefetch=self.prefetch,
             grace=self.grace,
             send_tracebacks=self.send_tracebacks,
+            max_request_size=self.max_request_size,
         )
         self._server.when_stopped().addCallback(self._server_stopped)
 
@@ -248,4 +269,5 @@ def makeService(options: Options) -> StageService:
         prefetch=options["prefetch"],
         grace=options["grace"],
         send_tracebacks=options["tracebacks"],
+        max_request_size=options["max-request-size"],
     )

@@ -23,6 +23,7 @@ __all__ = [
     "InvalidName",
     "InvalidHandler",
     "InvalidRequest",
+    "RequestTooLarge",
     "InvalidReply",
     "MethodNotFound",
     "EncodingError",
@@ -180,6 +181,13 @@ class InvalidRequest(TxassError):
     """
     The error type of a reply to a request that could not be decoded: its
     body is not a JSON envelope, or its content type is not accepted.
+    """
+
+
+class RequestTooLarge(InvalidRequest):
+    """
+    The error type of a reply to a request whose body is larger than the
+    service's maximum request size.
     """
 
 
