@@ -222,6 +222,16 @@ class TCPProxy:
             if connection.peer is not None:
                 connection.peer.transport.abortConnection()
 
+    def freeze(self) -> None:
+        """
+        Stop forwarding in both directions while keeping the connections
+        open, as a network that drops every packet would.
+        """
+        for connection in list(self.connections):
+            connection.transport.pauseProducing()
+            if connection.peer is not None:
+                connection.peer.transport.pauseProducing()
+
     def close(self) -> defer.Deferred[None]:
         self.cut()
         result: defer.Deferred[None] = defer.maybeDeferred(self._port.stopListening)

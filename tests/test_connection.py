@@ -109,6 +109,22 @@ class ParseURLTests(SynchronousTestCase):
             with self.subTest(url=url):
                 self.assertRaises(InvalidURL, parse_url, url)
 
+    def test_unreadable_url_hides_password(self) -> None:
+        """
+        When a password contains an unescaped character that makes the URL
+        unreadable, then the InvalidURL message contains no part of it.
+        """
+        for url in [
+            "amqp://guest:s3cr#etpw@127.0.0.1:5672/%2F",
+            "amqp://guest:s3cr?etpw@127.0.0.1:5672/%2F",
+            "amqp://guest:s3cr/etpw@127.0.0.1:5672/%2F",
+            "amqp://guest:s3cr\uff0fetpw@127.0.0.1:5672/%2F",
+        ]:
+            with self.subTest(url=url):
+                with self.assertRaises(InvalidURL) as caught:
+                    parse_url(url)
+                self.assertNotIn("s3cr", str(caught.exception))
+
     def test_safe_url_hides_password(self) -> None:
         """
         When an address is shown, then the password is replaced by ***.

@@ -138,6 +138,15 @@ class ReplyEnvelopeTests(SynchronousTestCase):
         self.assertEqual(reply.meta, {})
         self.assertEqual(reply.error, RemoteError("E", "m", None, "foo"))
 
+    def test_error_message_null(self) -> None:
+        """
+        When an error reply's message is null, then the RemoteError's
+        message is empty, not the text "None".
+        """
+        body = b'{"method": "a", "error": {"type": "E", "message": null}}'
+        reply = _envelope.decode_reply(body, None)
+        self.assertEqual(reply.error, RemoteError("E", "", None, "a"))
+
     def test_reply_without_result_or_error(self) -> None:
         """
         When a reply has neither result nor error, then decoding raises

@@ -23,6 +23,7 @@ from txass._rpc import RPCClient
 from txass._server import Server
 from txass.errors import (
     AuthenticationFailed,
+    BrokerBlocked,
     CallTimeout,
     ChannelClosed,
     ConnectionFailed,
@@ -32,6 +33,7 @@ from txass.errors import (
     InvalidName,
     InvalidReply,
     InvalidRequest,
+    MessageTooLarge,
     MethodNotFound,
     NoCurrentRequest,
     PublishFailed,
@@ -63,8 +65,10 @@ __all__ = [
     "ChannelClosed",
     "PublishFailed",
     "UnroutableMessage",
+    "MessageTooLarge",
     "ServiceNotFound",
     "CallTimeout",
+    "BrokerBlocked",
     "InvalidURL",
     "InvalidName",
     "InvalidHandler",

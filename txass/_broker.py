@@ -49,7 +49,12 @@ class Broker:
         self._declarations: dict[tuple[str, str], SharedResult[None]] = {}
         self._servers: set[Server] = set()
         self._clients: set[Client] = set()
-        self._callers: dict[tuple[str, bool], _Caller] = {}
+        # The RPC callers of this connection, by whether they use direct
+        # reply-to.
+        self._callers: dict[bool, _Caller] = {}
+        # The broker's reason for blocking publishes, or None.
+        self._blocked: str | None = None
+        connection.on_blocked(self._on_blocked)
         self._closing: defer.Deferred[None] | None = None
         connection.when_closed().addCallback(self._on_connection_closed)
 
@@ -59,6 +64,20 @@ class Broker:
     @property
     def is_open(self) -> bool:
         return self._connection.is_open
+
+    def _on_blocked(self, reason: str | None) -> None:
+        self._blocked = reason
+        if reason is not None:
+            self.log.warn(
+                "the broker at {url} blocked publishing on this connection: {reason}; RPC calls wait "
+                "unsent until it unblocks or their timeout runs out",
+                url=self.address.safe_url(),
+                reason=reason,
+            )
+        else:
+            self.log.info("the broker at {url} unblocked publishing", url=self.address.safe_url())
+            for caller in list(self._callers.values()):
+                caller.wake_all()
 
     def _on_connection_closed(self, reason: Exception) -> None:
         if self._closing is None:
@@ -84,8 +103,8 @@ class Broker:
         Return an RPC client of the service called C{service}, whose calls
         return Deferreds that fire with the results.
 
-        RPC clients are cheap to create: all those of one service share one
-        channel and one reply destination on this connection.
+        RPC clients are cheap to create: all those on this connection share
+        one channel and one reply destination.
 
         @param timeout: The default timeout of a call, in seconds.
         @param direct_reply_to: Whether replies come through RabbitMQ's
@@ -94,15 +113,16 @@ class Broker:
             the broker deletes when the connection closes.
         @raise txass.errors.InvalidName: if C{service} cannot name a
             service.
-        @raise ValueError: if C{timeout} is not a number greater than 0.
+        @raise ValueError: if C{timeout} is not a number of seconds greater
+            than 0 and at most 1e9.
         """
         topology = Topology.for_service(service)
         seconds = check_timeout(timeout)
-        key = (topology.service, bool(direct_reply_to))
+        key = bool(direct_reply_to)
         caller = self._callers.get(key)
         if caller is None:
-            caller = self._callers[key] = _Caller(self, topology, direct_reply_to=bool(direct_reply_to))
-        return RPCClient(caller, seconds)
+            caller = self._callers[key] = _Caller(self, direct_reply_to=key)
+        return RPCClient(caller, topology, seconds)
 
     async def _open_channel(self, *, confirms: bool = False) -> AMQPChannel:
         return await self._connection.channel(confirms=confirms)

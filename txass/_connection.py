@@ -31,6 +31,7 @@ from txass.errors import (
     ChannelClosed,
     ConnectionFailed,
     ConnectionLost,
+    MessageTooLarge,
     PublishFailed,
     TxassError,
     UnroutableMessage,
@@ -39,6 +40,11 @@ from txass.errors import (
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/%2F"
 URL_ENVIRONMENT_VARIABLE = "TXASS_BROKER_URL"
+
+# The largest message body published, in bytes: RabbitMQ's default
+# max_message_size since 3.8.  The broker closes the channel of a larger
+# message, failing every other publish in flight on it.
+MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 
 # AMQP reply codes the broker sends when it rejects the handshake.
 _ACCESS_REFUSED = 403
@@ -121,8 +127,14 @@ def parse_url(url: str | None = None) -> BrokerAddress:
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as e:
-        raise InvalidURL(f"invalid broker URL: {e}") from None
+    except ValueError:
+        # The text of urlsplit's error can contain part of the password, so
+        # it is not shown.
+        raise InvalidURL(
+            "invalid broker URL: the host or port cannot be read; a port must be a number "
+            "from 0 to 65535, and '@', ':', '/', '?' and '#' in the user name or password "
+            "must be percent-encoded (for example %40 for '@')"
+        ) from None
     if parts.scheme not in ("amqp", "amqps"):
         raise InvalidURL(
             f"invalid broker URL scheme {parts.scheme!r}: expected 'amqp' or 'amqps', "
@@ -407,7 +419,11 @@ class AMQPChannel:
             with L{UnroutableMessage} when a mandatory message was returned,
             L{PublishFailed} when the broker nacked it, and L{ChannelClosed}
             or L{ConnectionLost} when the channel closed before the confirm.
+            It fails at once with L{MessageTooLarge}, sending nothing, when
+            C{body} is larger than L{MAX_MESSAGE_SIZE}.
         """
+        if len(body) > MAX_MESSAGE_SIZE:
+            return defer.fail(MessageTooLarge(len(body), MAX_MESSAGE_SIZE))
         try:
             d = self._channel.basic_publish(
                 exchange=exchange,
@@ -595,6 +611,33 @@ class AMQPConnection:
         self._lost: list[defer.Deferred[Exception]] = []
         assert protocol.closed is not None
         protocol.closed.addBoth(self._on_closed)
+        # The reason the broker gave for blocking publishes on this
+        # connection (connection.blocked), or None while it does not.
+        self.blocked_reason: str | None = None
+        self._blocked_callbacks: list[Callable[[str | None], object]] = []
+        protocol._impl.add_on_connection_blocked_callback(self._on_blocked)
+        protocol._impl.add_on_connection_unblocked_callback(self._on_unblocked)
+
+    def _on_blocked(self, _connection: Any, frame: Any) -> None:
+        reason = getattr(frame.method, "reason", None) or "no reason given"
+        self.blocked_reason = str(reason)
+        self._notify_blocked()
+
+    def _on_unblocked(self, _connection: Any, _frame: Any) -> None:
+        self.blocked_reason = None
+        self._notify_blocked()
+
+    def _notify_blocked(self) -> None:
+        for callback in list(self._blocked_callbacks):
+            callback(self.blocked_reason)
+
+    def on_blocked(self, callback: Callable[[str | None], object]) -> None:
+        """
+        Call C{callback} with the broker's reason when it blocks publishing
+        on this connection (as RabbitMQ does during a memory or disk alarm),
+        and with L{None} when it unblocks it.
+        """
+        self._blocked_callbacks.append(callback)
 
     def _on_closed(self, reason: Any) -> None:
         if isinstance(reason, Failure):
@@ -632,7 +675,13 @@ class AMQPConnection:
         """
         if not self.is_open:
             raise self.close_reason or ConnectionLost("connection to the broker is closed")
-        twisted_channel = await _call(self._protocol.channel())
+        try:
+            opening = self._protocol.channel()
+        except pika.exceptions.NoFreeChannels:
+            raise ChannelClosed(
+                0, "no free channel number: every channel this connection negotiated (channel_max) is open"
+            ) from None
+        twisted_channel = await _call(opening)
         channel = AMQPChannel(twisted_channel, confirms=False)
         if confirms:
             await channel.enable_confirms()

@@ -202,7 +202,7 @@ def decode_reply(body: bytes, content_type: str | None) -> Reply:
             method=method,
             error=RemoteError(
                 type=str(error.get("type", "Error")),
-                message=str(error.get("message", "")),
+                message="" if error.get("message") is None else str(error["message"]),
                 traceback=traceback if isinstance(traceback, str) else None,
                 method=method,
             ),

@@ -1,10 +1,10 @@
 """
 Request/response calls: a Deferred that fires with the handler's result.
 
-Every call of one service over one broker connection goes through a
-L{_Caller}: one AMQP channel, with publisher confirms, that publishes the
-requests and receives their replies.  Replies come through RabbitMQ's
-direct reply-to (the pseudo-queue C{amq.rabbitmq.reply-to}), so no queue is
+Every RPC call over one broker connection goes through one L{_Caller}: one
+AMQP channel, with publisher confirms, that publishes the requests of every
+service and receives their replies.  Replies come through RabbitMQ's direct
+reply-to (the pseudo-queue C{amq.rabbitmq.reply-to}), so no queue is
 declared for them and none is left behind when the process dies; a broker
 without it gets an exclusive queue that it deletes with the connection.
 Replies are matched to calls by correlation id alone.
@@ -13,6 +13,8 @@ Replies are matched to calls by correlation id alone.
 from __future__ import annotations
 
 import math
+import uuid
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,13 +28,14 @@ from txass._server import new_message_id
 from txass._topology import Topology
 from txass._util import SharedResult
 from txass.errors import (
+    BrokerBlocked,
     CallTimeout,
     ChannelClosed,
     ConnectionLost,
     InvalidReply,
     InvalidRequest,
+    MessageTooLarge,
     ServiceNotFound,
-    TxassError,
     UnroutableMessage,
 )
 
@@ -40,6 +43,10 @@ if TYPE_CHECKING:
     from txass._broker import Broker
 
 DEFAULT_TIMEOUT = 30.0
+
+# The maximum timeout of a call, in seconds (about 31 years), so that every
+# timer and TTL computed from it stays in range.
+MAX_TIMEOUT = 1e9
 
 # RabbitMQ's pseudo-queue for replies sent straight to the calling channel.
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
@@ -53,16 +60,29 @@ MAX_EXPIRATION = 2**32 - 1
 # reply gains nothing from a request that survives a broker restart.
 TRANSIENT = 1
 
+# The maximum number of requests published and not yet confirmed by the
+# broker.  Further calls wait, unsent, until confirms arrive or their
+# timeout runs out, so a broker that stops confirming (frozen, or blocked
+# by a resource alarm) cannot make requests pile up in memory.
+MAX_UNCONFIRMED = 1000
+
 
 def check_timeout(timeout: object) -> float:
     """
     Return C{timeout} if it is a usable number of seconds.
 
-    @raise ValueError: if it is not a finite number greater than 0.
+    @raise ValueError: if it is not a finite number greater than 0 and at
+        most L{MAX_TIMEOUT}.
     """
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (math.isfinite(timeout) and timeout > 0):
-        raise ValueError(f"timeout must be a finite number of seconds greater than 0, not {timeout!r}")
-    return float(timeout)
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        try:
+            if 0 < timeout <= MAX_TIMEOUT:
+                return float(timeout)
+        except OverflowError:
+            pass
+    raise ValueError(
+        f"timeout must be a number of seconds greater than 0 and at most {MAX_TIMEOUT:g}, not {timeout!r}"
+    )
 
 
 @dataclass(eq=False)
@@ -71,12 +91,20 @@ class _Call:
     A call waiting for its reply.
     """
 
+    topology: Topology
     method: str
     correlation_id: str
     deferred: defer.Deferred[Any]
+    timeout: float
     timer: DelayedCall | None = None
+    # Fired to let the call try to publish, while it waits for room.
+    waiter: defer.Deferred[None] | None = field(default=None, repr=False)
     # The channel the request was published on, once it was.
     channel: AMQPChannel | None = field(default=None, repr=False)
+
+    @property
+    def service(self) -> str:
+        return self.topology.service
 
     def stop_timer(self) -> None:
         if self.timer is not None and self.timer.active():
@@ -86,26 +114,25 @@ class _Call:
 class _Caller:
     """
     The channel, reply consumer and calls in flight shared by every
-    L{RPCClient} of one service on one broker connection.
+    L{RPCClient} on one broker connection.
     """
 
     log = Logger()
 
-    def __init__(self, broker: Broker, topology: Topology, *, direct_reply_to: bool) -> None:
+    def __init__(self, broker: Broker, *, direct_reply_to: bool) -> None:
         self._broker = broker
-        self.topology = topology
         self.direct_reply_to = direct_reply_to
         self._pending: dict[str, _Call] = {}
+        self._pending_by_service: Counter[str] = Counter()
         self._channel: SharedResult[tuple[AMQPChannel, str]] = SharedResult(self._open)
         self._closed: Exception | None = None
+        self._unconfirmed = 0
+        # Calls waiting, unsent, for the number of unconfirmed requests to
+        # drop below MAX_UNCONFIRMED or for the broker to unblock.
+        self._waiting: deque[defer.Deferred[None]] = deque()
 
-    @property
-    def service(self) -> str:
-        return self.topology.service
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
+    def pending(self, service: str) -> int:
+        return self._pending_by_service[service]
 
     async def _open(self) -> tuple[AMQPChannel, str]:
         if self.direct_reply_to:
@@ -114,13 +141,11 @@ class _Caller:
             except ChannelClosed as e:
                 # A broker without direct reply-to rejects the consumer.
                 self.log.info(
-                    "direct reply-to is not available ({error}); replies to calls of {service} "
-                    "go to an exclusive queue",
+                    "direct reply-to is not available ({error}); replies to RPC calls go to an exclusive queue",
                     error=e,
-                    service=self.service,
                 )
                 self.direct_reply_to = False
-        return await self._open_with(self.topology.temporary_client_queue())
+        return await self._open_with(f"txass.reply.{uuid.uuid4().hex}")
 
     async def _open_with(self, reply_to: str) -> tuple[AMQPChannel, str]:
         channel = await self._broker._open_channel(confirms=True)
@@ -143,46 +168,66 @@ class _Caller:
 
     def _on_cancelled(self, channel: AMQPChannel, reply_to: str) -> None:
         self.log.error(
-            "the broker cancelled the consumer of reply queue {queue!r} of {service} (was it deleted?); "
-            "calls in flight lose their replies",
+            "the broker cancelled the consumer of reply queue {queue!r} (was it deleted?); "
+            "RPC calls in flight lose their replies",
             queue=reply_to,
-            service=self.service,
         )
         # Closing the channel fails the calls sent on it, and the next call
         # opens a new one.
         defer.Deferred.fromCoroutine(channel.close())
 
     def _on_channel_closed(self, reason: Exception, channel: AMQPChannel) -> None:
-        if self._channel.current() is not None and self._channel.current()[0] is channel:  # type: ignore[index]
-            self._channel.reset()
+        self._forget_channel(channel)
         lost = [call for call in self._pending.values() if call.channel is channel]
         if lost and self._closed is None:
-            self.log.error(
-                "{count} calls to {service} lost their replies: {reason}",
-                count=len(lost),
-                service=self.service,
-                reason=reason,
-            )
+            self.log.error("{count} RPC calls lost their replies: {reason}", count=len(lost), reason=reason)
         for call in lost:
-            self._fail(call.correlation_id, self._lost(call, reason))
+            self._fail(call, self._lost(call, reason))
 
-    def call(self, method: str, body: bytes, timeout: float) -> defer.Deferred[Any]:
+    def _forget_channel(self, channel: AMQPChannel) -> None:
+        current = self._channel.current()
+        if current is not None and current[0] is channel:
+            self._channel.reset()
+
+    def call(self, topology: Topology, method: str, body: bytes, timeout: float) -> defer.Deferred[Any]:
         correlation_id = new_message_id()
         d: defer.Deferred[Any] = defer.Deferred(lambda _: self._forget(correlation_id))
-        call = _Call(method, correlation_id, d)
+        call = _Call(topology, method, correlation_id, d, timeout)
         self._pending[correlation_id] = call
-        call.timer = self._broker._reactor.callLater(timeout, self._expire, correlation_id, timeout)
-        defer.Deferred.fromCoroutine(self._send(call, body, timeout))
+        self._pending_by_service[topology.service] += 1
+        call.timer = self._broker._reactor.callLater(timeout, self._expire, correlation_id)
+        defer.Deferred.fromCoroutine(self._send(call, body))
         return d
 
-    async def _send(self, call: _Call, body: bytes, timeout: float) -> None:
+    def _check_open(self) -> None:
+        if self._closed is not None:
+            raise self._closed
+        if self._broker._closing is not None:
+            raise ConnectionLost("Broker.close() was called")
+
+    async def _send(self, call: _Call, body: bytes) -> None:
         try:
-            if self._closed is not None:
-                raise self._closed
+            self._check_open()
             channel, reply_to = await self._channel.get()
+            if not channel.is_open:
+                # The channel closed, and the close notice has not reached
+                # this caller yet.
+                self._forget_channel(channel)
+                channel, reply_to = await self._channel.get()
+            while self._unconfirmed >= MAX_UNCONFIRMED or self._broker._blocked is not None:
+                call.waiter = defer.Deferred()
+                self._waiting.append(call.waiter)
+                await call.waiter
+                call.waiter = None
+                if call.correlation_id not in self._pending:
+                    return
+                self._check_open()
             if call.correlation_id not in self._pending:
                 # Timed out or cancelled while the channel opened.
                 return
+            if not channel.is_open:
+                self._forget_channel(channel)
+                channel, reply_to = await self._channel.get()
             call.channel = channel
             properties = MessageProperties(
                 content_type=_envelope.CONTENT_TYPE,
@@ -193,25 +238,52 @@ class _Caller:
                 type=call.method,
                 # The broker drops a request still queued when its caller
                 # stops waiting for the reply.
-                expiration=str(min(math.ceil(timeout * 1000), MAX_EXPIRATION)),
+                expiration=str(min(math.ceil(call.timeout * 1000), MAX_EXPIRATION)),
             )
-            # The default exchange routes to the service queue if it exists
-            # and returns the request otherwise, so a missing service is
-            # reported and not created.
-            await channel.publish("", self.topology.queue, body, properties, mandatory=True)
+            self._unconfirmed += 1
+            try:
+                # The default exchange routes to the service queue if it
+                # exists and returns the request otherwise, so a missing
+                # service is reported and not created.
+                await channel.publish("", call.topology.queue, body, properties, mandatory=True)
+            finally:
+                self._unconfirmed -= 1
+                self._wake_one()
         except UnroutableMessage:
-            self._fail(call.correlation_id, ServiceNotFound(self.service, self._broker.address.vhost))
+            self._fail(call, ServiceNotFound(call.service, self._broker.address.vhost))
+        except MessageTooLarge as e:
+            self._fail(call, e)
         except (ConnectionLost, ChannelClosed) as e:
             if call.channel is not None:
                 # The channel closed before the broker confirmed the request.
                 e = self._lost(call, e)
-            self._fail(call.correlation_id, e)
+            self._fail(call, e)
         except Exception as e:
-            self._fail(call.correlation_id, e)
+            self._fail(call, e)
+
+    def _wake_one(self) -> None:
+        """
+        Let the first waiting call try to publish again.
+        """
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.called:
+                waiter.callback(None)
+                return
+
+    def wake_all(self) -> None:
+        """
+        Let every waiting call try to publish again, for example because the
+        broker unblocked the connection.
+        """
+        waiting, self._waiting = self._waiting, deque()
+        for waiter in waiting:
+            if not waiter.called:
+                waiter.callback(None)
 
     def _lost(self, call: _Call, reason: Exception) -> ConnectionLost:
         return ConnectionLost(
-            f"{reason} while calling {self.service}.{call.method}; the request may or may not "
+            f"{reason} while calling {call.service}.{call.method}; the request may or may not "
             f"have been served, and its reply is lost"
         )
 
@@ -221,50 +293,67 @@ class _Caller:
             self._settle(delivery)
         except Exception:
             self.log.failure(
-                "unexpected error receiving reply {correlation_id} of {service}",
+                "unexpected error receiving reply {correlation_id}",
                 correlation_id=delivery.properties.correlation_id,
-                service=self.service,
             )
 
     def _settle(self, delivery: Delivery) -> None:
         properties = delivery.properties
         correlation_id = properties.correlation_id
-        call = self._pending.pop(correlation_id, None) if correlation_id else None
+        call = self._remove(correlation_id) if correlation_id else None
         if call is None:
             self.log.debug(
-                "reply {correlation_id} of {service} dropped: no call waits for it "
+                "reply {correlation_id} dropped: no call waits for it "
                 "(it timed out, was cancelled, or was never made)",
                 correlation_id=correlation_id,
-                service=self.service,
             )
             return
-        call.stop_timer()
         try:
             reply = _envelope.decode_reply(delivery.body, properties.content_type)
         except InvalidRequest as e:
-            call.deferred.errback(InvalidReply(f"reply to {self.service}.{call.method} is not a txass reply: {e}"))
+            call.deferred.errback(InvalidReply(f"reply to {call.service}.{call.method} is not a txass reply: {e}"))
             return
         if reply.error is not None:
             call.deferred.errback(reply.error)
         else:
             call.deferred.callback(reply.result)
 
-    def _expire(self, correlation_id: str, timeout: float) -> None:
-        call = self._pending.pop(correlation_id, None)
-        if call is not None:
-            call.deferred.errback(CallTimeout(self.service, call.method, timeout))
+    def _remove(self, correlation_id: str) -> _Call | None:
+        """
+        Forget a pending call and stop its timer.
 
-    def _forget(self, correlation_id: str) -> None:
-        call = self._pending.pop(correlation_id, None)
-        if call is not None:
-            call.stop_timer()
-
-    def _fail(self, correlation_id: str, error: Exception) -> None:
+        @return: The call, or L{None} if no call waits with that id.
+        """
         call = self._pending.pop(correlation_id, None)
         if call is None:
-            return
+            return None
         call.stop_timer()
-        call.deferred.errback(error)
+        if call.waiter is not None and not call.waiter.called:
+            # Ends the wait of its _send, which then sees the call is gone.
+            call.waiter.callback(None)
+        remaining = self._pending_by_service[call.service] - 1
+        if remaining:
+            self._pending_by_service[call.service] = remaining
+        else:
+            del self._pending_by_service[call.service]
+        return call
+
+    def _expire(self, correlation_id: str) -> None:
+        call = self._remove(correlation_id)
+        if call is None:
+            return
+        blocked = self._broker._blocked
+        if blocked is not None and call.channel is None:
+            call.deferred.errback(BrokerBlocked(call.service, call.method, call.timeout, blocked))
+        else:
+            call.deferred.errback(CallTimeout(call.service, call.method, call.timeout))
+
+    def _forget(self, correlation_id: str) -> None:
+        self._remove(correlation_id)
+
+    def _fail(self, call: _Call, error: Exception) -> None:
+        if self._remove(call.correlation_id) is not None:
+            call.deferred.errback(error)
 
     async def close(self) -> None:
         """
@@ -272,20 +361,18 @@ class _Caller:
         """
         if self._closed is None:
             self._closed = ConnectionLost("Broker.close() was called")
-        for correlation_id, call in list(self._pending.items()):
+        for call in list(self._pending.values()):
             self._fail(
-                correlation_id,
+                call,
                 ConnectionLost(
-                    f"Broker.close() was called while calling {self.service}.{call.method}; the request "
+                    f"Broker.close() was called while calling {call.service}.{call.method}; the request "
                     f"may or may not have been served, and its reply is lost"
                 ),
             )
+        self.wake_all()
         current = self._channel.current()
         if current is not None:
-            try:
-                await current[0].close()
-            except TxassError:
-                pass
+            await current[0].close()
 
 
 class RPCClient:
@@ -293,20 +380,21 @@ class RPCClient:
     A caller of one service whose calls fire Deferreds with the results;
     L{Broker.rpc} creates it.
 
-    RPC clients are cheap: every client of one service on one broker
-    shares one channel and one reply destination.
+    RPC clients are cheap: every RPC client on one broker connection shares
+    one channel and one reply destination.
 
     @ivar timeout: The timeout of a call that does not give its own, in
         seconds.
     """
 
-    def __init__(self, caller: _Caller, timeout: float) -> None:
+    def __init__(self, caller: _Caller, topology: Topology, timeout: float) -> None:
         self._caller = caller
+        self.topology = topology
         self.timeout = timeout
 
     @property
     def service(self) -> str:
-        return self._caller.service
+        return self.topology.service
 
     @property
     def pending(self) -> int:
@@ -314,7 +402,7 @@ class RPCClient:
         The number of calls of this service, over this broker connection,
         still waiting for their replies.
         """
-        return self._caller.pending
+        return self._caller.pending(self.service)
 
     def __repr__(self) -> str:
         return f"<RPCClient of {self.service!r} on {self._caller._broker!r}>"
@@ -341,19 +429,23 @@ class RPCClient:
         @return: A Deferred that fires with the handler's result.  It fails
             with L{txass.RemoteError} when the handler raised (carrying the
             remote exception's type name and message),
-            L{txass.errors.CallTimeout} when no reply came in time,
-            L{txass.errors.ServiceNotFound} at once when the broker has no
-            queue for the service, L{txass.errors.EncodingError} when
-            C{data} or C{meta} cannot be encoded as JSON,
-            L{txass.errors.ConnectionLost} when the connection or channel
-            closed before the reply came (the request may have been
-            served), and L{txass.errors.InvalidReply} when the reply is not
-            a txass reply.
-        @raise ValueError: if C{timeout} is not a number greater than 0.
+            L{txass.errors.CallTimeout} when no reply came in time (as
+            L{txass.errors.BrokerBlocked} when the broker blocked publishing
+            all that time), L{txass.errors.ServiceNotFound} at once when the
+            broker has no queue for the service,
+            L{txass.errors.EncodingError} when C{data} or C{meta} cannot be
+            encoded as JSON, L{txass.errors.MessageTooLarge} when the request
+            is larger than the broker accepts, L{txass.errors.PublishFailed}
+            when the broker rejected it, L{txass.errors.ConnectionLost} when
+            the connection or channel closed before the reply came (the
+            request may have been served), and L{txass.errors.InvalidReply}
+            when the reply is not a txass reply.
+        @raise ValueError: if C{timeout} is not a number of seconds greater
+            than 0 and at most L{MAX_TIMEOUT}.
         """
         seconds = self.timeout if timeout is None else check_timeout(timeout)
         try:
             body = _envelope.encode_request(method, data, meta)
         except Exception:
             return defer.fail()
-        return self._caller.call(method, body, seconds)
+        return self._caller.call(self.topology, method, body, seconds)

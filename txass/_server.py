@@ -25,6 +25,7 @@ from txass.errors import (
     ConnectionLost,
     EncodingError,
     InvalidRequest,
+    MessageTooLarge,
     MethodNotFound,
     PublishFailed,
     RequestTooLarge,
@@ -361,7 +362,8 @@ class Server:
         assert reply_to
         last_error: Exception | None = None
         # The reply, the reply again on a new channel, then an error reply.
-        for payload in (body, body, None):
+        attempts: list[bytes | None] = [body, body, None]
+        for payload in attempts:
             if payload is None:
                 payload = _envelope.encode_error(
                     method, "PublishFailed", f"the reply could not be published: {last_error}", meta
@@ -376,6 +378,18 @@ class Server:
                 publisher = await self._publisher()
                 await publisher.publish("", reply_to, payload, reply_properties, mandatory=_can_return(reply_to))
                 return True
+            except MessageTooLarge as e:
+                self.log.error(
+                    "reply to request {message_id} of {service}.{method} not sent: {error}; "
+                    "sending an error reply instead",
+                    message_id=properties.message_id,
+                    service=self.service,
+                    method=method,
+                    error=e,
+                )
+                last_error = e
+                # Sending the same reply again would fail the same way.
+                attempts[1] = None
             except UnroutableMessage:
                 self.log.warn(
                     "reply to request {message_id} of {service}.{method} dropped: no queue named {reply_to!r}",

@@ -18,8 +18,10 @@ __all__ = [
     "ChannelClosed",
     "PublishFailed",
     "UnroutableMessage",
+    "MessageTooLarge",
     "ServiceNotFound",
     "CallTimeout",
+    "BrokerBlocked",
     "InvalidName",
     "InvalidHandler",
     "InvalidRequest",
@@ -125,6 +127,25 @@ class UnroutableMessage(PublishFailed):
         )
 
 
+class MessageTooLarge(PublishFailed):
+    """
+    Raised, without sending anything, for a message larger than the broker
+    accepts, so that the broker does not close the channel it would be
+    published on.
+
+    @ivar size: The size of the message body in bytes.
+    @ivar limit: The maximum size in bytes.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"message body of {size} bytes is larger than the maximum of {limit} bytes "
+            f"(RabbitMQ's default max_message_size); it was not sent"
+        )
+
+
 class ServiceNotFound(UnroutableMessage, LookupError):
     """
     Raised when an RPC call is sent to a service that has no request queue
@@ -162,6 +183,25 @@ class CallTimeout(TxassError, TimeoutError):
         self.method = method
         self.timeout = timeout
         super().__init__(f"no reply from {service}.{method} within {timeout:g} s")
+
+
+class BrokerBlocked(CallTimeout):
+    """
+    Raised when an RPC call could not be sent within its timeout because the
+    broker blocked publishing on the connection, as RabbitMQ does during a
+    memory or disk alarm.  The request was not sent.
+
+    @ivar reason: The reason the broker gave.
+    """
+
+    def __init__(self, service: str, method: str, timeout: float, reason: str) -> None:
+        super().__init__(service, method, timeout)
+        self.reason = reason
+        Exception.__init__(
+            self,
+            f"no reply from {service}.{method} within {timeout:g} s: the broker blocked publishing "
+            f"({reason}), so the request was not sent",
+        )
 
 
 class InvalidName(TxassError, ValueError):
