@@ -172,7 +172,8 @@ class NodeTests(unittest.TestCase):
         loss.
         """
         node = await shared_node(self, SHARED_CONFIG)
-        broker = await connect(self, node.url)
+        broker = await txass.connect(node.url, reconnect=False)
+        self.addCleanup(broker.close)
         closed = broker.when_closed()
         await node.kill()
         self.assertIsInstance(await within(closed), txass.ConnectionLost)

@@ -207,6 +207,7 @@ class ConnectionLossTests(unittest.TestCase):
         name = unique_name("lost")
         remove_after(self, name)
         broker = await txass.connect(BROKER_URL)
+        self.addCleanup(broker.close)
         client = broker.service(name).client()
         await client.call("foo", 1)
         pending = client.call("foo", 2)

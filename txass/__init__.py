@@ -82,7 +82,7 @@ __all__ = [
 ]
 
 
-def connect(url: str | None = None, *, reactor: Any = None) -> defer.Deferred[Broker]:
+def connect(url: str | None = None, *, reactor: Any = None, reconnect: bool = True) -> defer.Deferred[Broker]:
     """
     Connect to a RabbitMQ broker.
 
@@ -91,6 +91,11 @@ def connect(url: str | None = None, *, reactor: Any = None) -> defer.Deferred[Br
         options C{heartbeat} and C{connection_timeout} in seconds.  Without
         it, C{$TXASS_BROKER_URL} is used, or else L{DEFAULT_URL}.
     @param reactor: The reactor to use; the global one by default.
+    @param reconnect: Whether the broker connects again, with exponential
+        backoff and jitter, when the connection is lost after it was open.
+        Servers and clients then consume again, and RPC calls made in the
+        meantime wait for the connection within their timeout.  Without it,
+        a lost connection stops every server and client of the broker.
     @return: A Deferred that fires with a L{Broker} once the AMQP handshake
         is complete.  It fails with L{ConnectionFailed} when nothing listens
         at the address, L{AuthenticationFailed} for a wrong user name or
@@ -106,6 +111,6 @@ def connect(url: str | None = None, *, reactor: Any = None) -> defer.Deferred[Br
     async def connecting() -> Broker:
         address = parse_url(url)
         connection = await open_connection(address, reactor)
-        return Broker(connection, reactor)
+        return Broker(connection, reactor, reconnect=reconnect)
 
     return defer.Deferred.fromCoroutine(connecting())

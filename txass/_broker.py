@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -19,9 +20,18 @@ from txass._rpc import DEFAULT_TIMEOUT, RPCClient, _Caller, check_timeout
 from txass._server import DEFAULT_MAX_REQUEST_SIZE, Server
 from txass._topology import Topology
 from txass._util import SharedResult, when_done
-from txass.errors import ChannelClosed, ConnectionLost, TxassError
+from txass.errors import ChannelClosed, ConnectionFailed, ConnectionLost, TxassError
 
 DEFAULT_PREFETCH = 10
+
+# Seconds before the first reconnection attempt, and the maximum delay
+# between attempts; each delay doubles the last, plus up to 1 s of jitter.
+RETRY_INITIAL_DELAY = 0.5
+RETRY_MAX_DELAY = 30.0
+
+# Seconds before a server whose channel closed on an open connection
+# consumes again.
+CHANNEL_RETRY_DELAY = 1.0
 DEFAULT_GRACE = 30.0
 
 # The AMQP reply code for a missing queue or exchange.
@@ -38,10 +48,28 @@ class Broker:
 
     log = Logger()
 
-    def __init__(self, connection: AMQPConnection, reactor: Any) -> None:
+    def __init__(
+        self,
+        connection: AMQPConnection,
+        reactor: Any,
+        *,
+        reconnect: bool = True,
+        retry_policy: Callable[[int], float] | None = None,
+    ) -> None:
         self._connection = connection
         self._reactor = reactor
         self.address: BrokerAddress = connection.address
+        self._reconnects = reconnect
+        self._retry_policy = retry_policy or backoffPolicy(initialDelay=RETRY_INITIAL_DELAY, maxDelay=RETRY_MAX_DELAY, factor=2.0)
+        # The reconnection in progress, and the callers waiting for it.
+        self._reconnecting: defer.Deferred[None] | None = None
+        self._retry_call: Any = None
+        self._connected_waiters: list[defer.Deferred[None]] = []
+        self._closed_waiters: list[defer.Deferred[Exception]] = []
+        self._final_reason: Exception | None = None
+        # Resumptions of servers and clients scheduled after their channel
+        # closed; Broker.close() cancels them.
+        self._scheduled: set[Any] = set()
         self._publisher_channels: dict[str, SharedResult[AMQPChannel]] = {}
         # Declarations are made once per connection.  A queue deleted later
         # is declared again when consuming it or publishing to it fails.
@@ -54,15 +82,29 @@ class Broker:
         self._callers: dict[bool, _Caller] = {}
         # The broker's reason for blocking publishes, or None.
         self._blocked: str | None = None
-        connection.on_blocked(self._on_blocked)
         self._closing: defer.Deferred[None] | None = None
-        connection.when_closed().addCallback(self._on_connection_closed)
+        self._attach(connection)
+
+    def _attach(self, connection: AMQPConnection) -> None:
+        """
+        Use C{connection} from now on.  Everything declared or opened on an
+        earlier connection is declared or opened again when next needed.
+        """
+        self._connection = connection
+        self._declarations.clear()
+        self._publisher_channels.clear()
+        self._blocked = None
+        connection.on_blocked(self._on_blocked)
+        connection.when_closed().addCallback(self._on_connection_closed, connection)
 
     def __repr__(self) -> str:
         return f"<Broker {self.address.safe_url()}>"
 
     @property
     def is_open(self) -> bool:
+        """
+        Whether the connection is open now; L{False} while reconnecting.
+        """
         return self._connection.is_open
 
     def _on_blocked(self, reason: str | None) -> None:
@@ -79,16 +121,138 @@ class Broker:
             for caller in list(self._callers.values()):
                 caller.wake_all()
 
-    def _on_connection_closed(self, reason: Exception) -> None:
-        if self._closing is None:
+    def _on_connection_closed(self, reason: Exception, connection: AMQPConnection) -> None:
+        if connection is not self._connection or self._closing is not None:
+            return
+        if not self._reconnects:
             self.log.error("connection to {url} lost: {reason}", url=self.address.safe_url(), reason=reason)
+            self._closed_for_good(reason)
+            return
+        self.log.error(
+            "connection to {url} lost: {reason}; reconnecting",
+            url=self.address.safe_url(),
+            reason=reason,
+        )
+        self._reconnecting = defer.Deferred.fromCoroutine(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        attempt = 0
+        while self._closing is None:
+            delay = self._retry_policy(attempt)
+            attempt += 1
+            timer: defer.Deferred[None] = defer.Deferred()
+            self._retry_call = self._reactor.callLater(delay, timer.callback, None)
+            await timer
+            self._retry_call = None
+            if self._closing is not None:
+                return
+            try:
+                connection = await open_connection(self.address, self._reactor)
+            except ConnectionFailed as e:
+                self.log.warn(
+                    "reconnecting to {url} failed (attempt {attempt}): {error}",
+                    url=self.address.safe_url(),
+                    attempt=attempt,
+                    error=e.reason,
+                )
+                continue
+            if self._closing is not None:
+                await connection.close()
+                return
+            self._attach(connection)
+            self.log.info("reconnected to {url} after {attempt} attempts", url=self.address.safe_url(), attempt=attempt)
+            break
+        self._reconnecting = None
+        waiters, self._connected_waiters = self._connected_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        for server in list(self._servers):
+            self._resume_server(server)
+        for client in list(self._clients):
+            client._resume()
+
+    def _server_interrupted(self, server: Server) -> None:
+        """
+        Resume a server whose channel closed: at once on a connection that
+        is still open, or once the connection is open again.
+        """
+        if self._closing is None and self._reconnecting is None and self._connection.is_open:
+            # NOTE: a channel that the broker closes at once every time (such
+            # as a queue whose arguments changed) makes the server stop
+            # rather than loop; see _resume_server.
+            self._later(CHANNEL_RETRY_DELAY, self._resume_server, server)
+
+    def _later(self, delay: float, function: Callable[..., object], *arguments: Any) -> None:
+        """
+        Call C{function(*arguments)} after C{delay} seconds, unless the
+        broker is closed first.
+        """
+
+        def run() -> None:
+            self._scheduled.discard(call)
+            function(*arguments)
+
+        call = self._reactor.callLater(delay, run)
+        self._scheduled.add(call)
+
+    def _resume_server(self, server: Server) -> None:
+        if server.state == "interrupted" and self._closing is None:
+            defer.Deferred.fromCoroutine(self._resume_server_once(server))
+
+    async def _resume_server_once(self, server: Server) -> None:
+        if not self._connection.is_open:
+            # The reconnection resumes it.
+            return
+        try:
+            try:
+                await self._declare_service(server.topology)
+            except ChannelClosed as e:
+                if e.reply_code != NOT_FOUND:
+                    raise
+                self._forget_declarations(server.topology, None)
+                await self._declare_service(server.topology)
+            consumer = await self._open_channel()
+            try:
+                await server.resume(consumer)
+            except Exception:
+                await consumer.close()
+                raise
+        except ConnectionLost:
+            # The reconnection resumes it.
+            return
+        except ChannelClosed as e:
+            server.fail(e)
+            return
+        self.log.info("server of {service} resumed", service=server.service)
+
+    def _wait_connected(self) -> defer.Deferred[None]:
+        """
+        Return a Deferred that fires once the connection is open again.
+        """
+        d: defer.Deferred[None] = defer.Deferred()
+        self._connected_waiters.append(d)
+        return d
+
+    def _closed_for_good(self, reason: Exception) -> None:
+        self._final_reason = reason
+        closed_waiters, self._closed_waiters = self._closed_waiters, []
+        for closed in closed_waiters:
+            closed.callback(reason)
+        connected_waiters, self._connected_waiters = self._connected_waiters, []
+        for connected in connected_waiters:
+            connected.errback(reason)
 
     def when_closed(self) -> defer.Deferred[Exception]:
         """
         Return a Deferred that fires with a L{txass.errors.ConnectionLost}
-        once the connection has closed, for whatever reason.
+        once the broker is closed for good: by L{close}, or when the
+        connection is lost on a broker that does not reconnect.
         """
-        return self._connection.when_closed()
+        if self._final_reason is not None:
+            return defer.succeed(self._final_reason)
+        d: defer.Deferred[Exception] = defer.Deferred()
+        self._closed_waiters.append(d)
+        return d
 
     def service(self, name: str) -> Service:
         """
@@ -124,7 +288,17 @@ class Broker:
             caller = self._callers[key] = _Caller(self, direct_reply_to=key)
         return RPCClient(caller, topology, seconds)
 
-    async def _open_channel(self, *, confirms: bool = False) -> AMQPChannel:
+    async def _open_channel(self, *, confirms: bool = False, wait: bool = False) -> AMQPChannel:
+        """
+        Open a channel on the current connection.
+
+        @param wait: Whether to wait for the connection while reconnecting,
+            rather than fail with L{ConnectionLost}.
+        """
+        # Servers still open channels while Broker.close() drains them, to
+        # publish their last replies.
+        if wait and self._reconnecting is not None:
+            await self._wait_connected()
         return await self._connection.channel(confirms=confirms)
 
     def _reopening_channel(self) -> SharedResult[AMQPChannel]:
@@ -278,6 +452,16 @@ class Broker:
         return when_done(self._closing)
 
     async def _close(self) -> None:
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+            self._retry_call = None
+        for call in list(self._scheduled):
+            if call.active():
+                call.cancel()
+        self._scheduled.clear()
+        failed, self._connected_waiters = self._connected_waiters, []
+        for waiter in failed:
+            waiter.errback(ConnectionLost("Broker.close() was called"))
         for caller in list(self._callers.values()):
             await caller.close()
         stops = [server.stop() for server in list(self._servers)]
@@ -288,6 +472,7 @@ class Broker:
             await self._connection.close()
         except TxassError:
             pass
+        self._closed_for_good(ConnectionLost("Broker.close() was called"))
         self.log.info("closed connection to {url}", url=self.address.safe_url())
 
 

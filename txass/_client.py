@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from txass._broker import Broker
 
 DEFAULT_RESULT_PREFETCH = 100
+
+# Seconds before a client whose result channel closed on an open
+# connection consumes again.
+CHANNEL_RETRY_DELAY = 1.0
 DEFAULT_STOP_GRACE = 30.0
 
 # The AMQP reply code for a missing queue or exchange.
@@ -56,6 +60,10 @@ class Client:
         # stop() runs can tell that it must cancel itself.
         self._generation = 0
         self._dispatcher: Dispatcher | None = None
+        self._prefetch = DEFAULT_RESULT_PREFETCH
+        # Whether the result channel closed and the client consumes again
+        # once it can.
+        self._interrupted = False
         self._pending: set[defer.Deferred[None]] = set()
 
     @property
@@ -95,7 +103,9 @@ class Client:
 
     async def _react(self, dispatcher: Dispatcher, prefetch: int) -> Client:
         self._dispatcher = dispatcher
+        self._interrupted = False
         if self._starting is None:
+            self._prefetch = prefetch
             self._starting = SharedResult(lambda: self._start_consuming(prefetch))
         await self._starting.get()
         return self
@@ -118,6 +128,7 @@ class Client:
                 raise ConnectionLost("Broker.close() was called while the client was starting")
             return
         self._channel, self._consumer_tag = channel, tag
+        channel.when_closed().addCallback(self._on_channel_closed, channel)
         self._broker._clients.add(self)
         self.log.info(
             "receiving results of {service} from {queue}",
@@ -142,13 +153,62 @@ class Client:
         return channel, tag
 
     def _on_cancelled(self) -> None:
+        self._broker._forget_declarations(None, self.queue)
+        if not self._broker._reconnects:
+            self.log.error(
+                "the broker cancelled the consumer of result queue {queue!r} (was it deleted?); "
+                "call react() again to declare it and receive results",
+                queue=self.queue,
+            )
+            self.stop()
+            return
         self.log.error(
             "the broker cancelled the consumer of result queue {queue!r} (was it deleted?); "
-            "call react() again to declare it and receive results",
+            "declaring it again and resuming",
             queue=self.queue,
         )
-        self._broker._forget_declarations(None, self.queue)
-        self.stop()
+        channel = self._channel
+        if channel is not None:
+            # Closing the channel makes the client resume on a new one.
+            defer.Deferred.fromCoroutine(channel.close())
+
+    def _on_channel_closed(self, reason: Exception, channel: AMQPChannel) -> None:
+        if channel is not self._channel or not self._broker._reconnects or self._broker._closing is not None:
+            return
+        self._channel = None
+        self._consumer_tag = None
+        self._starting = None
+        self._interrupted = True
+        self.log.error(
+            "result channel of {queue} closed: {reason}; the client consumes again once it can",
+            queue=self.queue,
+            reason=reason,
+        )
+        if self._broker.is_open:
+            self._broker._later(CHANNEL_RETRY_DELAY, self._resume)
+
+    def _resume(self) -> None:
+        """
+        Consume the result queue again after its channel closed.
+        """
+        if not self._interrupted or self._dispatcher is None or self._broker._closing is not None:
+            return
+        if not self._broker.is_open:
+            # The reconnection resumes it.
+            return
+        resumed = defer.Deferred.fromCoroutine(self._react(self._dispatcher, self._prefetch))
+
+        def failed(failure: Failure) -> None:
+            if failure.check(ConnectionLost):
+                self._interrupted = True
+                return
+            self.log.failure(
+                "the client of {queue} cannot consume its results again", failure, queue=self.queue
+            )
+
+        resumed.addCallbacks(
+            lambda _: self.log.info("receiving results from {queue} again", queue=self.queue), failed
+        )
 
     def _on_delivery(self, channel: AMQPChannel, delivery: Delivery) -> None:
         try:
@@ -326,6 +386,7 @@ class Client:
         return when_done(defer.Deferred.fromCoroutine(self._stop(grace)))
 
     async def _stop(self, grace: float) -> None:
+        self._interrupted = False
         self._broker._clients.discard(self)
         self._starting = None
         self._generation += 1

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import pika
 import pika.exceptions
 from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
-from twisted.internet import defer, error as internet_error
+from twisted.internet import defer, error as internet_error, task
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import optionsForClientTLS
@@ -550,6 +550,13 @@ class _PikaProtocol(TwistedProtocolConnection):
     """
 
     handshake_error: Exception | None = None
+    _clock: Any = None
+    # The reactor time at which the last bytes arrived from the broker.
+    last_received = 0.0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.last_received = self._clock.seconds()
+        super().dataReceived(data)
 
     def connectionLost(self, reason: Failure = internet_error.ConnectionDone()) -> None:  # type: ignore[assignment]
         # NOTE: pika 1.3 and 1.4 replace the broker's Connection.Close reason
@@ -617,6 +624,43 @@ class AMQPConnection:
         self._blocked_callbacks: list[Callable[[str | None], object]] = []
         protocol._impl.add_on_connection_blocked_callback(self._on_blocked)
         protocol._impl.add_on_connection_unblocked_callback(self._on_unblocked)
+        # pika checks heartbeats only every interval + 5 s, so a dead peer
+        # can go unnoticed for two such periods; this watchdog drops the
+        # connection once nothing arrived for two heartbeat intervals.  The
+        # broker sends a heartbeat every half interval on an idle connection.
+        self.heartbeat: int = protocol._impl.params.heartbeat or 0
+        self._watchdog: task.LoopingCall | None = None
+        self._last_check = reactor.seconds()
+        if self.heartbeat > 0:
+            self._watchdog = task.LoopingCall(self._check_alive)
+            self._watchdog.clock = reactor
+            self._watchdog.start(self.heartbeat / 2, now=False)
+
+    def _check_alive(self) -> None:
+        now = self._reactor.seconds()
+        late = now - self._last_check > self.heartbeat
+        self._last_check = now
+        if late:
+            # The reactor was blocked, so data may be waiting unread: count
+            # the silence from now.
+            self._protocol.last_received = now
+            return
+        silent = now - self._protocol.last_received
+        if silent > 2 * self.heartbeat and self._protocol.transport is not None:
+            _log.error(
+                "no data from the broker at {url} for {seconds:.1f} s, over two heartbeat intervals "
+                "of {heartbeat} s; dropping the connection",
+                url=self.address.safe_url(),
+                seconds=silent,
+                heartbeat=self.heartbeat,
+            )
+            self._stop_watchdog()
+            self._protocol.transport.abortConnection()
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
+        self._watchdog = None
 
     def _on_blocked(self, _connection: Any, frame: Any) -> None:
         reason = getattr(frame.method, "reason", None) or "no reason given"
@@ -640,6 +684,7 @@ class AMQPConnection:
         self._blocked_callbacks.append(callback)
 
     def _on_closed(self, reason: Any) -> None:
+        self._stop_watchdog()
         if isinstance(reason, Failure):
             reason = reason.value
         if isinstance(reason, pika.exceptions.ConnectionClosedByClient):
@@ -709,7 +754,13 @@ async def open_connection(address: BrokerAddress, reactor: Any) -> AMQPConnectio
     if address.tls:
         endpoint = wrapClientTLS(optionsForClientTLS(address.host), endpoint)
     parameters = address.pika_parameters()
-    factory = Factory.forProtocol(lambda: _PikaProtocol(parameters, custom_reactor=reactor))
+    def build_protocol() -> _PikaProtocol:
+        protocol = _PikaProtocol(parameters, custom_reactor=reactor)
+        protocol._clock = reactor
+        protocol.last_received = reactor.seconds()
+        return protocol
+
+    factory = Factory.forProtocol(build_protocol)
 
     try:
         protocol: _PikaProtocol = await endpoint.connect(factory)

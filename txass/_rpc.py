@@ -148,7 +148,7 @@ class _Caller:
         return await self._open_with(f"txass.reply.{uuid.uuid4().hex}")
 
     async def _open_with(self, reply_to: str) -> tuple[AMQPChannel, str]:
-        channel = await self._broker._open_channel(confirms=True)
+        channel = await self._broker._open_channel(confirms=True, wait=True)
         try:
             if reply_to != DIRECT_REPLY_TO:
                 await channel.declare_queue(reply_to, durable=False, exclusive=True, auto_delete=True)

@@ -137,10 +137,15 @@ class Server:
         self._reactor = reactor
         self.state = "starting"
         self._consumer_tag: str | None = None
-        self._in_flight: dict[int, defer.Deferred[None]] = {}
-        # Delivery tags requeued when the grace period ran out; their
-        # handlers may still finish, but must not acknowledge them.
-        self._abandoned: set[int] = set()
+        # Counts the consumer channels this server has had.  A request is
+        # known by (generation, delivery tag), because delivery tags start
+        # again at 1 on each channel.
+        self._generation = 0
+        self._in_flight: dict[tuple[int, int], defer.Deferred[None]] = {}
+        # Requests requeued when the grace period ran out, or left on a
+        # channel that closed; their handlers may still finish, but must not
+        # reply to them or acknowledge them.
+        self._abandoned: set[tuple[int, int]] = set()
         self._stopping: defer.Deferred[None] | None = None
         self._stopped: list[defer.Deferred[None]] = []
 
@@ -156,10 +161,13 @@ class Server:
         """
         Set the prefetch limit and start consuming the request queue.
         """
+        generation = self._generation
         await self._consumer.set_prefetch(self.prefetch)
-        self._consumer.when_closed().addCallback(self._on_channel_closed)
+        self._consumer.when_closed().addCallback(self._on_channel_closed, generation)
         self._consumer_tag = await self._consumer.consume(
-            self.topology.queue, self._on_delivery, on_cancelled=self._on_cancelled
+            self.topology.queue,
+            lambda delivery: self._on_delivery(delivery, generation),
+            on_cancelled=self._on_cancelled,
         )
         self.state = "running"
         self.log.info(
@@ -169,45 +177,116 @@ class Server:
             prefetch=self.prefetch,
         )
 
+    @property
+    def _resumes(self) -> bool:
+        """
+        Whether this server consumes again after its channel closed, rather
+        than stop.
+        """
+        return self.broker is not None and self.broker._reconnects
+
     def _on_cancelled(self) -> None:
         if self.state != "running":
             return
+        self._consumer_tag = None
+        if not self._resumes:
+            self.log.error(
+                "the broker cancelled the consumer of {service} (was queue {queue!r} deleted?); "
+                "this server stops taking requests",
+                service=self.service,
+                queue=self.topology.queue,
+            )
+            self.stop()
+            return
+        assert self.broker is not None
         self.log.error(
             "the broker cancelled the consumer of {service} (was queue {queue!r} deleted?); "
-            "this server stops taking requests",
+            "declaring the queue again and resuming",
             service=self.service,
             queue=self.topology.queue,
         )
-        self._consumer_tag = None
-        self.stop()
+        self.broker._forget_declarations(self.topology, None)
+        # Closing the channel makes the server resume on a new one.
+        defer.Deferred.fromCoroutine(self._consumer.close())
 
-    def _on_channel_closed(self, reason: Exception) -> None:
-        if self.state in ("stopped", "draining"):
+    def _on_channel_closed(self, reason: Exception, generation: int) -> None:
+        if generation != self._generation or self.state in ("stopped", "draining", "interrupted"):
+            return
+        lost = [key for key in self._in_flight if key[0] == generation]
+        for key in lost:
+            self._abandoned.add(key)
+            self._in_flight.pop(key, None)
+        self._consumer_tag = None
+        if not self._resumes:
+            self.state = "stopped"
+            self.log.error(
+                "server of {service} stopped consuming: {reason}; {count} requests in flight will be redelivered",
+                service=self.service,
+                reason=reason,
+                count=len(lost),
+            )
+            self._notify_stopped()
+            return
+        assert self.broker is not None
+        self.state = "interrupted"
+        self.log.error(
+            "server of {service} stopped consuming: {reason}; {count} requests in flight will be "
+            "redelivered, and the server resumes once it has a channel again",
+            service=self.service,
+            reason=reason,
+            count=len(lost),
+        )
+        self.broker._server_interrupted(self)
+
+    async def resume(self, consumer: ConsumerChannel) -> None:
+        """
+        Consume the request queue again on a new channel, after the last one
+        closed.  Does nothing but close C{consumer} unless the server is
+        interrupted.
+        """
+        if self.state != "interrupted":
+            await consumer.close()
+            return
+        self._generation += 1
+        self._consumer = consumer
+        await self.start()
+
+    def fail(self, reason: Exception) -> None:
+        """
+        Stop an interrupted server that cannot resume.
+        """
+        if self.state != "interrupted":
             return
         self.state = "stopped"
         self.log.error(
-            "server of {service} stopped consuming: {reason}; {count} requests in flight will be redelivered",
+            "server of {service} cannot resume and stops: {reason}",
             service=self.service,
             reason=reason,
-            count=len(self._in_flight),
         )
         self._notify_stopped()
 
-    def _on_delivery(self, delivery: Delivery) -> None:
-        if self.state != "running":
+    def _ack(self, key: tuple[int, int]) -> None:
+        if key[0] == self._generation:
+            self._consumer.ack(key[1])
+
+    def _reject(self, key: tuple[int, int], *, requeue: bool) -> None:
+        if key[0] == self._generation:
+            self._consumer.reject(key[1], requeue=requeue)
+
+    def _on_delivery(self, delivery: Delivery, generation: int) -> None:
+        key = (generation, delivery.delivery_tag)
+        if self.state != "running" or generation != self._generation:
             # Deliveries can still arrive between basic.cancel and its
             # cancel-ok; they go back to the queue for another server.
-            self._consumer.reject(delivery.delivery_tag, requeue=True)
+            self._reject(key, requeue=True)
             return
-        tag = delivery.delivery_tag
-        d = defer.Deferred.fromCoroutine(self._serve(delivery))
+        d = defer.Deferred.fromCoroutine(self._serve(delivery, key))
         if not d.called:
-            self._in_flight[tag] = d
-        d.addBoth(self._finished, delivery)
+            self._in_flight[key] = d
+        d.addBoth(self._finished, delivery, key)
 
-    def _finished(self, result: Any, delivery: Delivery) -> None:
-        tag = delivery.delivery_tag
-        self._in_flight.pop(tag, None)
+    def _finished(self, result: Any, delivery: Delivery, key: tuple[int, int]) -> None:
+        self._in_flight.pop(key, None)
         if isinstance(result, Failure):
             # A fault of txass itself, not of the handler.  The request is
             # rejected without requeueing, so it cannot block this or the
@@ -218,11 +297,12 @@ class Server:
                 message_id=delivery.properties.message_id,
                 service=self.service,
             )
-            if tag not in self._abandoned:
-                self._abandoned.add(tag)
-                self._consumer.reject(tag, requeue=False)
+            if key not in self._abandoned:
+                self._reject(key, requeue=False)
+        # The request is done with, so its key can be forgotten.
+        self._abandoned.discard(key)
 
-    async def _serve(self, delivery: Delivery) -> None:
+    async def _serve(self, delivery: Delivery, key: tuple[int, int]) -> None:
         properties = delivery.properties
         try:
             if len(delivery.body) > self.max_request_size:
@@ -241,7 +321,7 @@ class Server:
                 error=e,
             )
             method = properties.type if isinstance(properties.type, str) else ""
-            await self._reply_and_ack(delivery, method, {}, self._error_body(method, e, {}))
+            await self._reply_and_ack(delivery, key, method, {}, self._error_body(method, e, {}))
             return
 
         context = RequestContext(
@@ -269,7 +349,7 @@ class Server:
             body: bytes | None = self._error_body(request.method, e, request.meta)
         else:
             body = self._result_body(context, result, request.meta)
-        await self._reply_and_ack(delivery, request.method, request.meta, body)
+        await self._reply_and_ack(delivery, key, request.method, request.meta, body)
 
     def _invoke(self, request: _envelope.Request) -> defer.Deferred[Any]:
         try:
@@ -327,24 +407,26 @@ class Server:
     async def _reply_and_ack(
         self,
         delivery: Delivery,
+        key: tuple[int, int],
         method: str,
         meta: dict[str, Any],
         body: bytes | None,
     ) -> None:
         properties = delivery.properties
         reply_to = properties.reply_to
-        if delivery.delivery_tag in self._abandoned:
-            # Requeued when the grace period ran out; it will be served
+        if key in self._abandoned:
+            # Requeued, or left on a channel that closed; it will be served
             # again, so a reply now would be a duplicate.
             return
         if reply_to and body is not None:
-            if not await self._publish_reply(delivery, method, meta, body):
+            if not await self._publish_reply(delivery, key, method, meta, body):
                 return
-        if delivery.delivery_tag not in self._abandoned:
-            self._consumer.ack(delivery.delivery_tag)
-            self._abandoned.discard(delivery.delivery_tag)
+        if key not in self._abandoned:
+            self._ack(key)
 
-    async def _publish_reply(self, delivery: Delivery, method: str, meta: dict[str, Any], body: bytes) -> bool:
+    async def _publish_reply(
+        self, delivery: Delivery, key: tuple[int, int], method: str, meta: dict[str, Any], body: bytes
+    ) -> bool:
         """
         Publish the reply to a request and wait for the broker's confirm.
 
@@ -434,8 +516,8 @@ class Server:
             message_id=properties.message_id,
             service=self.service,
         )
-        self._abandoned.add(delivery.delivery_tag)
-        self._consumer.reject(delivery.delivery_tag, requeue=False)
+        self._abandoned.add(key)
+        self._reject(key, requeue=False)
         return False
 
     def stop(self, grace: float | None = -1.0) -> defer.Deferred[None]:
@@ -463,7 +545,7 @@ class Server:
             service=self.service,
             count=len(self._in_flight),
         )
-        if previous != "stopped" and self._consumer_tag is not None:
+        if previous not in ("stopped", "interrupted") and self._consumer_tag is not None:
             try:
                 await self._consumer.cancel(self._consumer_tag)
             except TxassError as e:
@@ -486,10 +568,10 @@ class Server:
                     service=self.service,
                     grace=grace,
                 )
-                for tag in unfinished:
-                    self._consumer.reject(tag, requeue=True)
-                    self._abandoned.add(tag)
-                    self._in_flight.pop(tag, None)
+                for key in unfinished:
+                    self._reject(key, requeue=True)
+                    self._abandoned.add(key)
+                    self._in_flight.pop(key, None)
         try:
             await self._consumer.close()
         except TxassError:
@@ -500,8 +582,9 @@ class Server:
 
     def when_stopped(self) -> defer.Deferred[None]:
         """
-        Return a Deferred that fires once the server has stopped, whether by
-        L{stop} or because its channel or connection closed.
+        Return a Deferred that fires once the server has stopped: by
+        L{stop}, because its channel or connection closed on a broker that
+        does not reconnect, or because it could not resume.
         """
         d: defer.Deferred[None] = defer.Deferred()
         if self.state == "stopped":

@@ -1,0 +1,233 @@
+"""
+Tests of reconnection: servers, clients and RPC clients go on after the
+connection drops, the broker restarts, or a channel or consumer is closed.
+
+Connections are cut with a TCP proxy of the test's own, and restarts use a
+RabbitMQ node of the test's own; the shared broker is never disturbed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+import txass
+from tests.broker_node import start_node
+from tests.support import Results, TCPProxy, connect, rabbitmqctl, raw_channel, remove_after, unique_name, within
+
+
+class Echo:
+    def echo(self, value: Any) -> Any:
+        return value
+
+
+async def wait_until(condition: Any, seconds: float = 30.0) -> None:
+    """
+    Wait until C{condition()} is true, checking every 20 ms, or fail after
+    C{seconds}.
+    """
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {seconds} s")
+        await task.deferLater(reactor, 0.02, lambda: None)
+
+
+def consumer_count(queue: str) -> int:
+    """
+    Return the number of consumers of C{queue} on the shared broker, as
+    rabbitmqctl lists them.
+    """
+    lines = rabbitmqctl("list_consumers", "queue_name").splitlines()
+    return sum(1 for line in lines if line.strip() == queue)
+
+
+def fast_retry(attempt: int) -> float:
+    return 0.1
+
+
+class ProxyCutTests(unittest.TestCase):
+    async def through_proxy(self) -> tuple[TCPProxy, txass.Broker, txass.Server, str]:
+        name = unique_name("reconnect")
+        remove_after(self, name)
+        proxy = TCPProxy(self)
+        broker = await connect(self, proxy.url)
+        broker._retry_policy = fast_retry
+        server = await broker.service(name).react(Echo, grace=0)
+        return proxy, broker, server, name
+
+    async def test_server_and_rpc_resume(self) -> None:
+        """
+        When the connection is cut three times, then after each reconnect
+        the server consumes again with exactly one consumer, and RPC calls
+        succeed.
+        """
+        proxy, broker, server, name = await self.through_proxy()
+        rpc = broker.rpc(name)
+        self.assertEqual(await within(rpc.call("echo", "first")), "first")
+        for round in range(3):
+            generation = server._generation
+            proxy.cut()
+            await wait_until(lambda: server.state == "running" and server._generation > generation)
+            self.assertEqual(await within(rpc.call("echo", round, timeout=10)), round)
+            self.assertEqual(consumer_count(name), 1)
+        self.flushLoggedErrors()
+
+    async def test_call_waits_for_reconnect(self) -> None:
+        """
+        When an RPC call is made while the broker reconnects, then it waits
+        for the new connection and gets its reply.
+        """
+        proxy, broker, server, name = await self.through_proxy()
+        broker._retry_policy = lambda attempt: 0.5
+        rpc = broker.rpc(name)
+        self.assertEqual(await within(rpc.call("echo", 1)), 1)
+        proxy.cut()
+        await wait_until(lambda: broker._reconnecting is not None)
+        self.assertFalse(broker.is_open)
+        self.assertEqual(await within(rpc.call("echo", "during", timeout=10)), "during")
+        self.flushLoggedErrors()
+
+    async def test_client_resumes(self) -> None:
+        """
+        When the connection of a keyed client is cut, then it consumes its
+        result queue again and receives results.
+        """
+        proxy, broker, server, name = await self.through_proxy()
+        remove_after(self, name, client_keys=["k"])
+        results = Results()
+        client = await broker.service(name).client(key="k").react(results)
+        await client.call("echo", 1)
+        await results.wait_for(1)
+        # Let the client acknowledge the result before the cut.
+        await task.deferLater(reactor, 0.1, lambda: None)
+        proxy.cut()
+        await wait_until(lambda: server._generation == 1 and server.state == "running")
+        await wait_until(lambda: client._channel is not None and client._channel.is_open)
+        await within(client.call("echo", 2), 10)
+        await wait_until(lambda: 2 in results.values())
+        self.assertEqual(results.values(), [1, 2])
+        await wait_until(lambda: consumer_count(f"{name}.client.k") == 1, 10)
+        self.flushLoggedErrors()
+
+    async def test_when_closed_only_on_close(self) -> None:
+        """
+        When the connection is cut on a reconnecting broker, then
+        when_closed() does not fire; it fires once close() is called.
+        """
+        proxy, broker, server, name = await self.through_proxy()
+        closed = broker.when_closed()
+        proxy.cut()
+        await wait_until(lambda: server.state == "running" and broker.is_open and server._generation == 1)
+        self.assertFalse(closed.called)
+        await broker.close()
+        self.assertIsInstance(await within(closed), txass.ConnectionLost)
+        self.flushLoggedErrors()
+
+    async def test_heartbeat_detects_dead_peer(self) -> None:
+        """
+        When the network stops carrying packets, then heartbeats detect it
+        within a few intervals and the broker reconnects.
+        """
+        name = unique_name("heartbeat")
+        remove_after(self, name)
+        proxy = TCPProxy(self)
+        broker = await connect(self, proxy.url + "?heartbeat=1")
+        broker._retry_policy = fast_retry
+        server = await broker.service(name).react(Echo, grace=0)
+        started = time.monotonic()
+        proxy.freeze()
+        await wait_until(lambda: server._generation == 1 and server.state == "running", 20)
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertEqual(await within(broker.rpc(name).call("echo", "alive")), "alive")
+        self.flushLoggedErrors()
+
+    async def test_without_reconnect(self) -> None:
+        """
+        When a broker made with reconnect=False loses its connection, then
+        its servers stop and when_closed() fires.
+        """
+        name = unique_name("reconnect")
+        remove_after(self, name)
+        proxy = TCPProxy(self)
+        broker = await txass.connect(proxy.url, reconnect=False)
+        self.addCleanup(broker.close)
+        server = await broker.service(name).react(Echo, grace=0)
+        proxy.cut()
+        await within(server.when_stopped())
+        self.assertIsInstance(await within(broker.when_closed()), txass.ConnectionLost)
+        self.flushLoggedErrors()
+
+
+class ChannelLossTests(unittest.TestCase):
+    async def test_deleted_queue_declared_again(self) -> None:
+        """
+        When the service queue is deleted under a running server, then the
+        server declares it again and serves the next call.
+        """
+        name = unique_name("reconnect")
+        remove_after(self, name)
+        broker = await connect(self)
+        server = await broker.service(name).react(Echo, grace=0)
+        channel = await raw_channel(self)
+        await channel.delete_queue(name)
+        await wait_until(lambda: server._generation == 1 and server.state == "running")
+        self.assertEqual(await within(broker.rpc(name).call("echo", "back")), "back")
+        self.assertEqual(consumer_count(name), 1)
+        self.flushLoggedErrors()
+
+    async def test_closed_consumer_channel(self) -> None:
+        """
+        When a server's consumer channel closes, then it consumes again on
+        a new channel.
+        """
+        name = unique_name("reconnect")
+        remove_after(self, name)
+        broker = await connect(self)
+        server = await broker.service(name).react(Echo, grace=0)
+        await server._consumer.close()  # type: ignore[attr-defined]
+        await wait_until(lambda: server._generation == 1 and server.state == "running")
+        self.assertEqual(await within(broker.rpc(name).call("echo", "again")), "again")
+        self.flushLoggedErrors()
+
+    async def test_stop_while_interrupted(self) -> None:
+        """
+        When a server is stopped while it waits to consume again, then it
+        stops and does not consume again.
+        """
+        name = unique_name("reconnect")
+        remove_after(self, name)
+        broker = await connect(self)
+        server = await broker.service(name).react(Echo, grace=0)
+        await server._consumer.close()  # type: ignore[attr-defined]
+        self.assertEqual(server.state, "interrupted")
+        await within(server.stop())
+        self.assertEqual(server.state, "stopped")
+        await task.deferLater(reactor, 1.5, lambda: None)
+        self.assertEqual(consumer_count(name), 0)
+        self.flushLoggedErrors()
+
+
+class BrokerRestartTests(unittest.TestCase):
+    async def test_restart(self) -> None:
+        """
+        When the broker restarts, then the server and the RPC client of a
+        reconnecting broker go on, with one consumer.
+        """
+        node = await start_node(self)
+        name = unique_name("restart")
+        broker = await txass.connect(node.url)
+        self.addCleanup(broker.close)
+        broker._retry_policy = lambda attempt: 0.5
+        server = await broker.service(name).react(Echo, grace=0)
+        rpc = broker.rpc(name)
+        self.assertEqual(await within(rpc.call("echo", "before")), "before")
+        await node.restart()
+        await wait_until(lambda: server._generation == 1 and server.state == "running", 60)
+        self.assertEqual(await within(rpc.call("echo", "after", timeout=20), 30), "after")
+        consumers = (await node.ctl("list_consumers", "queue_name")).split()
+        self.assertEqual(consumers.count(name), 1)
+        self.flushLoggedErrors()
