@@ -136,8 +136,9 @@ class StageService(Service):
     The twistd service hosting one txass server.
 
     It connects on start, and on stop drains the server before closing the
-    connection.  When it cannot connect, or the connection is lost, it logs
-    the error and stops the process with a non-zero exit status.
+    connection.  When it cannot connect at start, or its server stops for
+    good on its own, it logs the error and stops the process with a
+    non-zero exit status; a connection lost later is reconnected.
     """
 
     log = Logger()
