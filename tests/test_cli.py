@@ -5,8 +5,11 @@ processes against the real broker and servers started by the tests.
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
+import io
 import json
+import os
 import re
 import signal
 import socket
@@ -22,7 +25,9 @@ from twisted.trial import unittest
 
 import txass
 from tests import support
+from txass import _cli
 from txass._connection import Delivery, MessageProperties
+from txass.errors import BrokerBlocked, InvalidReply
 
 PASSWORD = "s3cret-pw"
 
@@ -38,6 +43,17 @@ SHORT_TIMEOUT = 0.5
 # request and the command exiting after its timeout.  The default timeout
 # is 30 s, so a command that ignored --timeout fails this check.
 TIMEOUT_SLACK = 10.0
+
+# The control characters a server puts in its error replies to rewrite the
+# operator's terminal: escape sequences, bell, carriage return, the C1
+# control sequence introducer, and DEL.
+CONTROLS = "\x1b[2J\x07\r\x9b31m\x7f"
+CONTROLS_ESCAPED = "\\x1b[2J\\x07\\r\\x9b31m\\x7f"
+
+# The value of PYTHONUNBUFFERED that leaves stdout buffered, as it is
+# unless a user asks otherwise.  What a buffered stdout failed to write
+# stays buffered, for Python to try again at exit.
+BUFFERED = ""
 
 
 @dataclass(frozen=True)
@@ -62,10 +78,40 @@ class CommandProcess(protocol.ProcessProtocol):
 
     def __init__(self) -> None:
         self._output: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+        self._stderr_waiters: list[tuple[str, defer.Deferred[None]]] = []
         self.ended: defer.Deferred[Outcome] = defer.Deferred()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self._output.setdefault(childFD, bytearray()).extend(data)
+        if childFD == 2:
+            self._wake()
+
+    def _wake(self) -> None:
+        stderr = self._output[2].decode("utf-8", "replace")
+        waiting = self._stderr_waiters
+        self._stderr_waiters = [(text, d) for text, d in waiting if text not in stderr]
+        for text, d in waiting:
+            if text in stderr:
+                d.callback(None)
+
+    def wait_for_stderr(self, text: str) -> defer.Deferred[None]:
+        """
+        Return a Deferred that fires once the process has written C{text}
+        to stderr, failing if that takes longer than the usual event
+        timeout.
+        """
+        d: defer.Deferred[None] = defer.Deferred()
+        self._stderr_waiters.append((text, d))
+        self._wake()
+        return support.within(d)
+
+    def close_stdout(self) -> None:
+        """
+        Close the end of the process's stdout pipe that this side reads, so
+        that writing to it fails as writing to a closed pipe does.
+        """
+        assert self.transport is not None
+        self.transport.closeStdout()
 
     def processEnded(self, reason: Failure) -> None:
         status = cast("error.ProcessDone | error.ProcessTerminated", reason.value)
@@ -82,11 +128,18 @@ class CommandProcess(protocol.ProcessProtocol):
         self.transport.signalProcess(name)
 
 
-def start_command(testcase: unittest.TestCase, *arguments: str, **environment: str) -> CommandProcess:
+def start_command(
+    testcase: unittest.TestCase,
+    *arguments: str,
+    child_fds: dict[int, str | int] | None = None,
+    **environment: str,
+) -> CommandProcess:
     """
     Start C{python -m txass} with C{arguments}; it is killed after the test
     if it still runs.
 
+    @param child_fds: The file descriptors of the child, as the C{childFDs}
+        of C{spawnProcess}; by default stdin, stdout and stderr are pipes.
     @param environment: Variables added to the child's environment, which
         points C{TXASS_BROKER_URL} at the test broker.
     """
@@ -98,6 +151,7 @@ def start_command(testcase: unittest.TestCase, *arguments: str, **environment: s
         command,
         env=support.python_environment(**environment),
         path=support.TOP,
+        childFDs=child_fds,
     )
 
     def kill() -> defer.Deferred[Any] | None:
@@ -331,6 +385,97 @@ class CallTests(unittest.TestCase):
         self.assertIn("the result cannot be printed as JSON", outcome.stderr)
         self.assertEqual(outcome.stdout, b"")
 
+    async def test_remote_error_escaped(self) -> None:
+        """
+        When the remote type and message contain control characters and
+        line breaks, then stderr shows them as visible escapes on one line.
+        """
+        error = {"type": f"Evil{CONTROLS}", "message": f"one\ntwo\t{CONTROLS}"}
+        name = await self.serve_raw(json.dumps({"method": "echo", "error": error, "meta": {}}).encode())
+        outcome = await run_command(self, "call", name, "echo", "1")
+        self.assertEqual(outcome.code, 1, outcome.stderr)
+        self.assertEqual(
+            outcome.stderr,
+            f"txass call: remote error: Evil{CONTROLS_ESCAPED}: one\\ntwo\\t{CONTROLS_ESCAPED}\n",
+        )
+
+    async def test_remote_traceback_escaped(self) -> None:
+        """
+        When the remote traceback contains control characters, then stderr
+        shows them as visible escapes, keeping the traceback's line breaks
+        and tabs.
+        """
+        traceback = f"Traceback (most recent call last):\n\tframe{CONTROLS}\nValueError\n"
+        error = {"type": "ValueError", "message": "bad", "traceback": traceback}
+        name = await self.serve_raw(json.dumps({"method": "echo", "error": error, "meta": {}}).encode())
+        outcome = await run_command(self, "call", name, "echo", "1")
+        self.assertEqual(outcome.code, 1, outcome.stderr)
+        self.assertEqual(
+            outcome.stderr,
+            "txass call: remote error: ValueError: bad\n"
+            f"Traceback (most recent call last):\n\tframe{CONTROLS_ESCAPED}\nValueError\n",
+        )
+
+    async def test_result_to_closed_pipe(self) -> None:
+        """
+        When stdout is a pipe whose reader has gone, then stderr reports in
+        one line that the result could not be written and the exit status
+        is 74.
+        """
+        name = await self.serve(Handler)
+        process = start_command(self, "call", name, "echo", "1", PYTHONUNBUFFERED=BUFFERED)
+        process.close_stdout()
+        outcome = await support.within(process.ended, COMMAND_TIMEOUT)
+        self.assertEqual(outcome.code, 74, outcome.stderr)
+        self.assertEqual(outcome.stderr, "txass call: failed to write the result to stdout: Broken pipe\n")
+
+    async def test_result_to_full_device(self) -> None:
+        """
+        When stdout is a device with no space left, then stderr reports in
+        one line that the result could not be written and the exit status
+        is 74.
+        """
+        name = await self.serve(Handler)
+        full = os.open("/dev/full", os.O_WRONLY)
+        try:
+            process = start_command(
+                self, "call", name, "echo", "1", child_fds={0: "w", 1: full, 2: "r"}, PYTHONUNBUFFERED=BUFFERED
+            )
+        finally:
+            os.close(full)
+        outcome = await support.within(process.ended, COMMAND_TIMEOUT)
+        self.assertEqual(outcome.code, 74, outcome.stderr)
+        self.assertEqual(outcome.stderr, "txass call: failed to write the result to stdout: No space left on device\n")
+
+    async def test_error_to_full_device(self) -> None:
+        """
+        When stderr is a device with no space left, then a failed call
+        still exits with the status of its failure.
+        """
+        name = await self.serve(Handler)
+        full = os.open("/dev/full", os.O_WRONLY)
+        try:
+            process = start_command(
+                self, "call", name, "fail", "1", child_fds={0: "w", 1: "r", 2: full}, PYTHONUNBUFFERED=BUFFERED
+            )
+        finally:
+            os.close(full)
+        outcome = await support.within(process.ended, COMMAND_TIMEOUT)
+        self.flushLoggedErrors(ValueError)
+        self.assertEqual(outcome.code, 1)
+        self.assertEqual(outcome.stdout, b"")
+
+    async def test_result_stdout_closed(self) -> None:
+        """
+        When the process has no stdout, then stderr reports in one line
+        that the result could not be written and the exit status is 74.
+        """
+        name = await self.serve(Handler)
+        process = start_command(self, "call", name, "echo", "1", child_fds={0: "w", 2: "r"})
+        outcome = await support.within(process.ended, COMMAND_TIMEOUT)
+        self.assertEqual(outcome.code, 74, outcome.stderr)
+        self.assertEqual(outcome.stderr, "txass call: failed to write the result: stdout is closed\n")
+
     async def test_timeout(self) -> None:
         """
         When no reply comes within --timeout, then the command exits with
@@ -377,6 +522,54 @@ class CallTests(unittest.TestCase):
         outcome = await support.within(process.ended, COMMAND_TIMEOUT)
         self.assertEqual(outcome.code, 128 + signal.SIGTERM, outcome.stderr)
         self.assertEqual(outcome.stdout, b"")
+
+    async def test_signal_while_closing(self) -> None:
+        """
+        When SIGINT arrives while the command waits for the connection to
+        close after a timeout, then it exits at once with status 130.
+        """
+        holder = Holder()
+        name = await self.serve(holder, grace=0)
+        proxy = support.TCPProxy(self)
+        process = start_command(self, "call", "-b", proxy.url, name, "hold", "1", "-t", str(SHORT_TIMEOUT))
+        await support.within(holder.received)
+        # The proxy forwards nothing more, so closing waits for the broker.
+        proxy.freeze()
+        await process.wait_for_stderr("timed out: ")
+        signalled = time.monotonic()
+        process.send_signal("INT")
+        outcome = await support.within(process.ended, COMMAND_TIMEOUT)
+        # Without the signal, closing would last CLOSE_TIMEOUT.
+        self.assertLess(time.monotonic() - signalled, _cli.CLOSE_TIMEOUT)
+        self.assertEqual(outcome.code, 128 + signal.SIGINT, outcome.stderr)
+        self.assertTrue(
+            outcome.stderr.endswith("txass call: interrupted while closing the connection to the broker\n"),
+            outcome.stderr,
+        )
+
+    async def test_second_signal_while_closing(self) -> None:
+        """
+        When SIGTERM follows SIGINT while the command closes the connection
+        after cancelling the call, then it exits at once with status 143.
+        """
+        holder = Holder()
+        name = await self.serve(holder, grace=0)
+        proxy = support.TCPProxy(self)
+        process = start_command(self, "call", "-b", proxy.url, name, "hold", "1")
+        await support.within(holder.received)
+        proxy.freeze()
+        process.send_signal("INT")
+        await process.wait_for_stderr(f"interrupted while waiting for the reply of {name}.hold")
+        signalled = time.monotonic()
+        process.send_signal("TERM")
+        outcome = await support.within(process.ended, COMMAND_TIMEOUT)
+        # Without the signal, closing would last CLOSE_TIMEOUT.
+        self.assertLess(time.monotonic() - signalled, _cli.CLOSE_TIMEOUT)
+        self.assertEqual(outcome.code, 128 + signal.SIGTERM, outcome.stderr)
+        self.assertTrue(
+            outcome.stderr.endswith("txass call: interrupted while closing the connection to the broker\n"),
+            outcome.stderr,
+        )
 
     async def test_interrupted_connecting(self) -> None:
         """
@@ -516,7 +709,18 @@ class UsageTests(unittest.TestCase):
         for timeout in ["0", "-1", "nan", "inf", "soon", ""]:
             await self.assert_usage_error(
                 ["call", "anything", "echo", f"--timeout={timeout}"],
-                "argument -t/--timeout: must be a number of seconds greater than 0",
+                "argument -t/--timeout: timeout must be a number of seconds greater than 0",
+            )
+
+    async def test_timeout_too_large(self) -> None:
+        """
+        When --timeout is above the maximum timeout of a call, then the exit
+        status is 2 and the error names the option and the maximum.
+        """
+        for timeout in ["1e306", "1e10"]:
+            await self.assert_usage_error(
+                ["call", "anything", "echo", f"--timeout={timeout}"],
+                "argument -t/--timeout: timeout must be a number of seconds greater than 0 and at most 1e+09",
             )
 
     async def test_invalid_service_name(self) -> None:
@@ -564,6 +768,7 @@ class UsageTests(unittest.TestCase):
             "4": "connection error",
             "5": "service not found",
             "70": "internal error",
+            "74": "output error",
             "128+N": "interrupted by signal N",
         }
         for status, meaning in statuses.items():
@@ -589,6 +794,99 @@ class UsageTests(unittest.TestCase):
         outcome = await run_command(self, "--version")
         self.assertEqual(outcome.code, 0, outcome.stderr)
         self.assertEqual(outcome.stdout, f"txass {txass.__version__}\n".encode())
+
+
+class OutputTests(unittest.SynchronousTestCase):
+    def test_line_escapes_controls(self) -> None:
+        """
+        When text for one line contains C0 and C1 controls, DEL, line
+        breaks or tabs, then printable_line writes each as a visible escape.
+        """
+        self.assertEqual(
+            _cli.printable_line("a\x00\x1b[1m\x07\r\n\t\x7f\x80\x9b\x9fz"),
+            "a\\x00\\x1b[1m\\x07\\r\\n\\t\\x7f\\x80\\x9b\\x9fz",
+        )
+
+    def test_line_escapes_unicode_controls(self) -> None:
+        """
+        When text for one line contains bidirectional overrides, line or
+        paragraph separators or a lone surrogate, then printable_line
+        writes each as a visible escape.
+        """
+        self.assertEqual(
+            _cli.printable_line("a\u202eb\u2066c\u2028d\u2029e\udc80f"),
+            "a\\u202eb\\u2066c\\u2028d\\u2029e\\udc80f",
+        )
+
+    def test_line_keeps_text(self) -> None:
+        """
+        When text contains no controls, then printable_line returns it
+        unchanged, non-ASCII letters and backslashes included.
+        """
+        text = "ünïcødé ✓ 日本 C:\\path \xa0\u200e"
+        self.assertEqual(_cli.printable_line(text), text)
+
+    def test_block_keeps_layout(self) -> None:
+        """
+        When a traceback contains line breaks, tabs and other controls, then
+        printable_block keeps the line breaks and tabs and escapes the rest.
+        """
+        self.assertEqual(
+            _cli.printable_block("one\n\ttwo\r\x1b]0;x\x07\x85\n"),
+            "one\n\ttwo\\r\\x1b]0;x\\x07\\x85\n",
+        )
+
+    def test_log_writer_escapes(self) -> None:
+        """
+        When a log event with control characters is written through the
+        log stream of --verbose, then they reach stderr escaped, line
+        breaks kept.
+        """
+        stream = io.StringIO()
+        writer = _cli._EscapingWriter(stream)
+        writer.write("reply \x1b[31mred\x9b\n")
+        writer.flush()
+        self.assertEqual(stream.getvalue(), "reply \\x1b[31mred\\x9b\n")
+
+    def test_result_nested_too_deeply(self) -> None:
+        """
+        When a result is nested deeper than Python can encode, then
+        format_result raises InvalidReply saying so.
+        """
+        value: list[Any] = []
+        for _ in range(sys.getrecursionlimit() + 10):
+            value = [value]
+        with self.assertRaises(InvalidReply) as caught:
+            _cli.format_result(value, "utf-8")
+        self.assertIn("nested too deeply", str(caught.exception))
+
+    def test_broker_blocked(self) -> None:
+        """
+        When a call times out because the broker blocked publishing, then
+        the message gives the reason and does not claim that the request
+        may still be served.
+        """
+        arguments = _cli.CallArguments(
+            service="svc", method="do", data=None, meta={}, timeout=1.0, url="amqp://localhost/"
+        )
+        status, message = _cli.describe_failure(BrokerBlocked("svc", "do", 1.0, "low on memory"), arguments)
+        self.assertEqual(status, 3)
+        self.assertIn("the broker blocked publishing (low on memory)", message)
+        self.assertNotIn("may still be served", message)
+
+    def test_timeout_overflow(self) -> None:
+        """
+        When checking a timeout overflows, then --timeout reports a usage
+        error rather than an internal one.
+        """
+
+        def overflow(timeout: object) -> float:
+            raise OverflowError("too large")
+
+        self.patch(_cli, "check_timeout", overflow)
+        with self.assertRaises(argparse.ArgumentTypeError) as caught:
+            _cli._timeout("1e300")
+        self.assertEqual(str(caught.exception), "invalid timeout '1e300': too large")
 
 
 class ConsoleScriptTests(unittest.SynchronousTestCase):

@@ -8,6 +8,11 @@ L{txass.RPCClient}, prints the result as one line of JSON on standard
 output, closes the connection and exits.  Its exit status distinguishes
 the kinds of failure (see L{EXIT_STATUSES}), and its error messages go to
 standard error without the broker password.
+
+Text that comes from the reply or the broker, such as a remote exception's
+message and traceback, reaches standard error with its control characters
+escaped (see L{printable_line}), so a service cannot send escape sequences
+to the operator's terminal.
 """
 
 from __future__ import annotations
@@ -15,13 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
+import re
+import signal
 import sys
 import textwrap
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, TextIO, cast
+from types import FrameType
+from typing import IO, Any, TextIO, cast
 
 from twisted.internet import defer, task
 from twisted.logger import (
@@ -38,10 +47,11 @@ from twisted.logger import (
 import txass
 from txass import _envelope
 from txass._connection import DEFAULT_URL, URL_ENVIRONMENT_VARIABLE, BrokerAddress, InvalidURL, parse_url
-from txass._rpc import DEFAULT_TIMEOUT
+from txass._rpc import DEFAULT_TIMEOUT, MAX_TIMEOUT, check_timeout
 from txass._topology import check_service_name
 from txass._util import wait_at_most, when_done
 from txass.errors import (
+    BrokerBlocked,
     CallTimeout,
     ChannelClosed,
     ConnectionFailed,
@@ -62,22 +72,31 @@ EXIT_CONNECTION_ERROR = 4
 EXIT_SERVICE_NOT_FOUND = 5
 # EX_SOFTWARE of sysexits.h.
 EXIT_INTERNAL_ERROR = 70
+# EX_IOERR of sysexits.h.
+EXIT_OUTPUT_ERROR = 74
 # A shell reports a process killed by signal N as 128 + N.
 EXIT_SIGNAL_BASE = 128
 EXIT_INTERRUPTED = EXIT_SIGNAL_BASE + 2
+
+# Seconds that closing the connection may take before the process exits
+# anyway, because a broker that stopped responding must not keep a finished
+# call waiting.
+CLOSE_TIMEOUT = 5.0
 
 EXIT_STATUSES: tuple[tuple[str, str], ...] = (
     (str(EXIT_OK), "the call succeeded and its result was printed on stdout"),
     (
         str(EXIT_REMOTE_ERROR),
-        "remote error: the handler raised an exception, or the reply is not a txass "
-        "reply.  The remote type, message and traceback (when the service sends "
-        "tracebacks) are printed on stderr.",
+        "remote error: the handler raised an exception, the reply is not a txass "
+        "reply, or its result cannot be printed as JSON (such as one nested too "
+        "deeply).  The remote type, message and traceback (when the service sends "
+        "tracebacks) are printed on stderr, with control characters escaped.",
     ),
     (str(EXIT_USAGE), "usage error: a missing or invalid argument, JSON value, timeout or broker URL"),
     (
         str(EXIT_TIMEOUT),
-        "timeout: no reply within --timeout seconds.  The request may still be served later.",
+        "timeout: no reply within --timeout seconds.  The request may still be served "
+        "later, unless the message states that it was not sent.",
     ),
     (
         str(EXIT_CONNECTION_ERROR),
@@ -92,16 +111,31 @@ EXIT_STATUSES: tuple[tuple[str, str], ...] = (
     ),
     (str(EXIT_INTERNAL_ERROR), "internal error in txass.  The traceback is printed on stderr."),
     (
+        str(EXIT_OUTPUT_ERROR),
+        "output error: the result could not be written to stdout, such as to a closed "
+        "pipe, a full disk or a closed stdout",
+    ),
+    (
         "128+N",
-        f"interrupted by signal N before the result came ({EXIT_INTERRUPTED} for Ctrl-C "
-        f"or SIGINT, {EXIT_SIGNAL_BASE + 15} for SIGTERM)",
+        f"interrupted by signal N ({EXIT_INTERRUPTED} for Ctrl-C or SIGINT, "
+        f"{EXIT_SIGNAL_BASE + 15} for SIGTERM).  Before the result came, the call is "
+        f"cancelled and the connection closed first, which takes at most "
+        f"{CLOSE_TIMEOUT:g} s; a signal while the connection closes ends the process "
+        f"at once.",
     ),
 )
 
-# Seconds that closing the connection may take before the process exits
-# anyway, because a broker that stopped responding must not keep a finished
-# call waiting.
-CLOSE_TIMEOUT = 5.0
+# The signals that end the command.
+_EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# The characters escaped in text from a reply or the broker before it is
+# written to stderr.  These are the C0 controls, DEL, the C1 controls, lone
+# surrogates, the Unicode line and paragraph separators, and the
+# bidirectional embeddings, overrides and isolates.  The last can make the
+# displayed text differ from what was sent.
+_UNSAFE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+# The same, except line feed and tab, which lay out a traceback.
+_UNSAFE_IN_BLOCK = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 # The connection_timeout of a broker URL without that option, in seconds.
 _DEFAULT_CONNECTION_TIMEOUT = next(
@@ -127,6 +161,95 @@ class CallArguments:
     timeout: float
     url: str = field(repr=False)
     verbose: bool = False
+
+
+# The controls that have a short, well-known escape, and that escape.
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    character = match.group()
+    short = _SHORT_ESCAPES.get(character)
+    if short is not None:
+        return short
+    code = ord(character)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable_line(text: str) -> str:
+    """
+    Escape the control characters of C{text}, line feeds and tabs included,
+    so that it prints as one line with nothing a terminal would act on.
+
+    Each is written as a visible escape: C{\\n}, C{\\r}, C{\\t}, or one
+    such as C{\\x1b} or C{\\u202e}.  Other text, backslashes included, is
+    left as is.
+    """
+    return _UNSAFE_IN_LINE.sub(_escape, text)
+
+
+def printable_block(text: str) -> str:
+    """
+    Escape the control characters of C{text} like L{printable_line}, except
+    line feeds and tabs, so that a traceback keeps its layout.
+    """
+    return _UNSAFE_IN_BLOCK.sub(_escape, text)
+
+
+class _EscapingWriter:
+    """
+    A text stream that passes what is written to another with its control
+    characters escaped by L{printable_block}, for log events, which may
+    quote a reply or the broker.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream: TextIO | None = stream
+
+    def write(self, text: str) -> int:
+        if self._stream is not None:
+            try:
+                self._stream.write(printable_block(text))
+            except (OSError, ValueError):
+                # Logs are dropped once stderr cannot take them.
+                _discard_output(self._stream)
+                self._stream = None
+        return len(text)
+
+    def flush(self) -> None:
+        if self._stream is not None:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                _discard_output(self._stream)
+                self._stream = None
+
+
+def _discard_output(stream: IO[Any]) -> None:
+    """
+    Point the file descriptor of C{stream} at the null device, after a
+    write to it failed.
+
+    What C{stream} still buffers then goes nowhere, instead of failing again
+    when Python flushes it at exit, which would print a second error and
+    change the exit status to 120.
+    """
+    try:
+        descriptor = stream.fileno()
+    except (OSError, ValueError):
+        # Not backed by a file descriptor, or already closed.
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, descriptor)
+    finally:
+        os.close(null)
+
+
+def _describe_os_error(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return printable_line(error.strerror)
+    return printable_line(str(error))
 
 
 def _format_statuses() -> str:
@@ -203,13 +326,24 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def _timeout(text: str) -> float:
+    """
+    Parse a timeout, which must pass L{check_timeout} like that of any call.
+
+    @raise argparse.ArgumentTypeError: if C{text} is not a number, or not a
+        timeout L{check_timeout} accepts.
+    """
+    seconds: object
     try:
         seconds = float(text)
     except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds greater than 0, not {text!r}")
-    return seconds
+        # check_timeout rejects text with its message for any invalid timeout.
+        seconds = text
+    try:
+        return check_timeout(seconds)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: too large") from None
 
 
 def _service_name(text: str) -> str:
@@ -302,8 +436,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         type=_timeout,
         default=DEFAULT_TIMEOUT,
         help=(
-            f"Seconds to wait for the reply once connected, a number greater than 0 "
-            f"[default: {DEFAULT_TIMEOUT:g}].  Connecting has its own limit, the broker "
+            f"Seconds to wait for the reply once connected, a number greater than 0 and at "
+            f"most {MAX_TIMEOUT:g} [default: {DEFAULT_TIMEOUT:g}].  Connecting has its own limit, the broker "
             f"URL option connection_timeout ({_DEFAULT_CONNECTION_TIMEOUT:g} seconds unless set)."
         ),
     )
@@ -358,10 +492,11 @@ def parse_arguments(argv: list[str] | None = None) -> CallArguments:
     )
 
 
-def configure_logging(verbose: bool, stream: TextIO) -> None:
+def configure_logging(verbose: bool, stream: TextIO | None) -> None:
     """
     Send the log events of Twisted, txass and pika to C{stream} when
-    C{verbose} is true, and drop them otherwise.
+    C{verbose} is true, and drop them otherwise.  Their control characters
+    are escaped, as log events may quote a reply or the broker.
 
     Without this, Twisted would write critical events, such as an unhandled
     error in a Deferred, to stderr, and Python's C{logging} would write
@@ -370,12 +505,14 @@ def configure_logging(verbose: bool, stream: TextIO) -> None:
     # Twisted declares its observers and predicates with zope.interface,
     # which mypy does not check, so they are typed here through cast().
     observers: list[ILogObserver] = []
-    if verbose:
+    if verbose and stream is not None:
+        escaping = _EscapingWriter(stream)
         predicate = cast(ILogFilterPredicate, LogLevelFilterPredicate(defaultLogLevel=LogLevel.info))
-        observer = FilteringLogObserver(cast(ILogObserver, textFileLogObserver(stream)), [predicate])
+        file_observer = textFileLogObserver(cast(IO[Any], escaping))
+        observer = FilteringLogObserver(cast(ILogObserver, file_observer), [predicate])
         observers.append(cast(ILogObserver, observer))
         logging.basicConfig(
-            stream=stream,
+            stream=escaping,
             level=logging.INFO,
             format="%(asctime)s [%(name)s#%(levelname)s] %(message)s",
         )
@@ -396,12 +533,15 @@ def format_result(value: Any, encoding: str | None) -> str:
     encoding can write).
 
     @raise InvalidReply: if C{value} contains a float JSON cannot represent,
-        which only a server that is not txass can send.
+        or is nested too deeply to print, which only a server that is not
+        txass can send.
     """
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False)
     except ValueError as e:
         raise InvalidReply(f"the result cannot be printed as JSON: {e}") from None
+    except RecursionError:
+        raise InvalidReply("the result cannot be printed as JSON: it is nested too deeply") from None
     try:
         text.encode(encoding or "utf-8")
     except (UnicodeEncodeError, LookupError):
@@ -414,26 +554,32 @@ def describe_failure(error: BaseException, arguments: CallArguments) -> tuple[in
     Choose the exit status and the message on stderr for a failed call.
 
     @return: The exit status and the message, which may span several lines.
+        Text taken from C{error}, which may come from the reply or the
+        broker, has its control characters escaped.
     """
     if isinstance(error, RemoteError):
-        message = f"remote error: {error.type}: {error.message}"
+        message = f"remote error: {printable_line(error.type)}: {printable_line(error.message)}"
         if error.traceback:
-            message += "\n" + error.traceback.rstrip("\n")
+            message += "\n" + printable_block(error.traceback.rstrip("\n"))
         return EXIT_REMOTE_ERROR, message
     if isinstance(error, InvalidReply):
-        return EXIT_REMOTE_ERROR, str(error)
+        return EXIT_REMOTE_ERROR, printable_line(str(error))
+    # BrokerBlocked derives from CallTimeout, so it is checked first.
+    if isinstance(error, BrokerBlocked):
+        return EXIT_TIMEOUT, f"timed out: {printable_line(str(error))}"
     if isinstance(error, CallTimeout):
-        return EXIT_TIMEOUT, f"timed out: {error}; the request may still be served later"
+        return EXIT_TIMEOUT, f"timed out: {printable_line(str(error))}; the request may still be served later"
     # ServiceNotFound derives from PublishFailed, so it is checked first.
     if isinstance(error, ServiceNotFound):
-        return EXIT_SERVICE_NOT_FOUND, str(error)
+        return EXIT_SERVICE_NOT_FOUND, printable_line(str(error))
     if isinstance(error, (ConnectionFailed, ConnectionLost, ChannelClosed, PublishFailed)):
-        return EXIT_CONNECTION_ERROR, str(error)
+        return EXIT_CONNECTION_ERROR, printable_line(str(error))
     if isinstance(error, (InvalidURL, InvalidName, EncodingError)):
         # parse_arguments checks these before anything connects.
-        return EXIT_USAGE, str(error)
-    details = "".join(traceback.format_exception(error)).rstrip("\n")
-    return EXIT_INTERNAL_ERROR, f"internal error while calling {arguments.service}.{arguments.method}:\n{details}"
+        return EXIT_USAGE, printable_line(str(error))
+    details = printable_block("".join(traceback.format_exception(error)).rstrip("\n"))
+    call = printable_line(f"{arguments.service}.{arguments.method}")
+    return EXIT_INTERNAL_ERROR, f"internal error while calling {call}:\n{details}"
 
 
 class CallCommand:
@@ -443,10 +589,19 @@ class CallCommand:
     When the reactor shuts down before the result came (on SIGINT or
     SIGTERM), the connection attempt or the call in flight is cancelled,
     the connection is closed, and the run ends with status 128 + the
-    signal number.
+    signal number.  Once the call has its outcome, which is reported before
+    the connection is closed, a SIGINT or SIGTERM ends the process at once
+    with status 128 + the signal number.
     """
 
-    def __init__(self, arguments: CallArguments, reactor: Any, stdout: TextIO, stderr: TextIO) -> None:
+    def __init__(self, arguments: CallArguments, reactor: Any, stdout: TextIO | None, stderr: TextIO | None) -> None:
+        """
+        @param stdout: Where the result goes, or L{None} when the process
+            has no standard output (Python sets C{sys.stdout} to L{None}
+            then).
+        @param stderr: Where error messages go, or L{None} when the process
+            has no standard error.
+        """
         self._arguments = arguments
         self._reactor = reactor
         self._stdout = stdout
@@ -503,40 +658,118 @@ class CallCommand:
         return EXIT_INTERRUPTED
 
     def _error(self, message: str) -> None:
-        self._stderr.write(f"txass call: {message}\n")
-        self._stderr.flush()
-
-    async def _run(self) -> int:
-        arguments = self._arguments
+        """
+        Write C{message}, whose control characters the caller escaped, to
+        stderr.  Nothing more is written to a stderr that failed a write.
+        """
+        stderr = self._stderr
+        if stderr is None:
+            return
         try:
-            await self._call()
-        except Exception as e:
-            if self._interrupted and isinstance(e, defer.CancelledError):
-                self._error(f"interrupted while waiting for {self._waiting_for}")
-                return self._interrupt_status()
-            status, message = describe_failure(e, arguments)
-            self._error(message)
-            return status
+            stderr.write(f"txass call: {message}\n")
+            stderr.flush()
+        except (OSError, ValueError):
+            _discard_output(stderr)
+
+    def _report(self, error: Exception) -> int:
+        """
+        Report the failure C{error} on stderr and return the exit status.
+        """
+        if self._interrupted and isinstance(error, defer.CancelledError):
+            self._error(f"interrupted while waiting for {self._waiting_for}")
+            return self._interrupt_status()
+        status, message = describe_failure(error, self._arguments)
+        self._error(message)
+        return status
+
+    def _print_result(self, text: str) -> int:
+        """
+        Write the formatted result to stdout.
+
+        @return: The exit status: L{EXIT_OK}, or L{EXIT_OUTPUT_ERROR} if
+            stdout is closed or the write failed.
+        """
+        stdout = self._stdout
+        if stdout is None:
+            self._error("failed to write the result: stdout is closed")
+            return EXIT_OUTPUT_ERROR
+        try:
+            stdout.write(text + "\n")
+            stdout.flush()
+        except (OSError, ValueError) as e:
+            _discard_output(stdout)
+            self._error(f"failed to write the result to stdout: {_describe_os_error(e)}")
+            return EXIT_OUTPUT_ERROR
         return EXIT_OK
 
-    async def _call(self) -> None:
-        arguments = self._arguments
-        broker = await self._wait(txass.connect(arguments.url, reactor=self._reactor))
+    async def _run(self) -> int:
         try:
-            client = broker.rpc(arguments.service)
-            self._waiting_for = (
-                f"the reply of {arguments.service}.{arguments.method}; the request may still be served"
-            )
-            result = await self._wait(
-                client.call(arguments.method, arguments.data, meta=arguments.meta, timeout=arguments.timeout)
-            )
-            text = format_result(result, getattr(self._stdout, "encoding", None))
-            self._stdout.write(text + "\n")
-            self._stdout.flush()
-        finally:
+            broker = await self._wait(txass.connect(self._arguments.url, reactor=self._reactor))
+        except Exception as e:
+            return self._report(e)
+        outcome: str | Exception
+        try:
+            outcome = await self._call(broker)
+        except Exception as e:
+            outcome = e
+        # The handlers are set before the outcome is reported, so that a
+        # signal sent as soon as the report is seen finds them.
+        with self._signals_end_process():
+            try:
+                if isinstance(outcome, Exception):
+                    status = self._report(outcome)
+                else:
+                    status = self._print_result(outcome)
+            except Exception as e:
+                status = self._report(e)
             await self._close(broker)
+        return status
+
+    async def _call(self, broker: txass.Broker) -> str:
+        """
+        Call the method.
+
+        @return: The result, formatted by L{format_result}.
+        """
+        arguments = self._arguments
+        client = broker.rpc(arguments.service)
+        call = printable_line(f"{arguments.service}.{arguments.method}")
+        self._waiting_for = f"the reply of {call}; the request may still be served"
+        result = await self._wait(
+            client.call(arguments.method, arguments.data, meta=arguments.meta, timeout=arguments.timeout)
+        )
+        return format_result(result, getattr(self._stdout, "encoding", None))
+
+    @contextmanager
+    def _signals_end_process(self) -> Iterator[None]:
+        """
+        Make SIGINT and SIGTERM end the process at once, in place of
+        stopping the reactor, until the block ends.
+        """
+        previous: dict[signal.Signals, Any] = {}
+
+        def on_signal(number: int, frame: FrameType | None) -> None:
+            # A signal handler runs between two bytecodes of whatever code
+            # was running, so the work is left to the reactor.
+            self._reactor.callFromThread(self._exit_on_signal, number)
+
+        try:
+            for exit_signal in _EXIT_SIGNALS:
+                previous[exit_signal] = signal.signal(exit_signal, on_signal)
+        except ValueError:
+            # Signal handlers can only be set from the main thread.
+            pass
+        try:
+            yield
+        finally:
+            for exit_signal, handler in previous.items():
+                # signal.signal returns None for a handler not set from Python.
+                signal.signal(exit_signal, signal.SIG_DFL if handler is None else handler)
 
     async def _close(self, broker: txass.Broker) -> None:
+        """
+        Close the connection, waiting at most L{CLOSE_TIMEOUT} seconds.
+        """
         if not await wait_at_most(broker.close(), CLOSE_TIMEOUT, self._reactor):
             _log.warn(
                 "closing the connection to {url} did not finish within {seconds} s, so the command "
@@ -544,6 +777,17 @@ class CallCommand:
                 url=broker.address.safe_url(),
                 seconds=CLOSE_TIMEOUT,
             )
+
+    def _exit_on_signal(self, number: int) -> None:
+        self._error("interrupted while closing the connection to the broker")
+        if self._stdout is not None:
+            try:
+                self._stdout.flush()
+            except (OSError, ValueError):
+                pass
+        # Exiting at once skips Python's cleanup, including the flush of
+        # the standard streams, which were flushed above.
+        os._exit(EXIT_SIGNAL_BASE + number)
 
 
 async def _react_main(reactor: Any, arguments: CallArguments) -> None:
