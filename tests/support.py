@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.protocols import portforward
 from twisted.trial import unittest
 
@@ -36,6 +37,18 @@ def unique_name(prefix: str = "test") -> str:
     Return a service name no other test or run uses.
     """
     return f"txass-test.{prefix}.{uuid.uuid4().hex[:12]}"
+
+
+async def wait_until(condition: Any, seconds: float = 30.0) -> None:
+    """
+    Wait until C{condition()} is true, checking every 20 ms, or fail after
+    C{seconds}; for states that no event announces.
+    """
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {seconds} s")
+        await task.deferLater(reactor, 0.02, lambda: None)
 
 
 def within(d: defer.Deferred[Any], seconds: float = EVENT_TIMEOUT) -> defer.Deferred[Any]:

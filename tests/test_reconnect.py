@@ -16,24 +16,12 @@ from twisted.trial import unittest
 
 import txass
 from tests.broker_node import start_node
-from tests.support import Results, TCPProxy, connect, rabbitmqctl, raw_channel, remove_after, unique_name, within
+from tests.support import Results, TCPProxy, connect, rabbitmqctl, raw_channel, remove_after, unique_name, wait_until, within
 
 
 class Echo:
     def echo(self, value: Any) -> Any:
         return value
-
-
-async def wait_until(condition: Any, seconds: float = 30.0) -> None:
-    """
-    Wait until C{condition()} is true, checking every 20 ms, or fail after
-    C{seconds}.
-    """
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {seconds} s")
-        await task.deferLater(reactor, 0.02, lambda: None)
 
 
 def consumer_count(queue: str) -> int:
