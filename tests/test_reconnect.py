@@ -192,9 +192,12 @@ class ChannelLossTests(unittest.TestCase):
         server = await broker.service(name).react(Echo, grace=0)
         await server._consumer.close()  # type: ignore[attr-defined]
         self.assertEqual(server.state, "interrupted")
+        self.assertEqual(len(broker._scheduled), 1)
         await within(server.stop())
         self.assertEqual(server.state, "stopped")
-        await task.deferLater(reactor, 1.5, lambda: None)
+        # The resumption scheduled when the channel closed has run.
+        await wait_until(lambda: not broker._scheduled)
+        self.assertEqual(server.state, "stopped")
         self.assertEqual(consumer_count(name), 0)
         self.flushLoggedErrors()
 
