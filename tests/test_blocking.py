@@ -5,7 +5,8 @@ The tests run in trial's reactor thread, so the bridge uses trial's
 reactor.  Blocking calls run in other threads, and the tests wait for them
 through Deferreds.  Programs in C{tests/blocking_scripts} check what needs a
 process of its own: the reactor thread the bridge starts, a reactor the
-program runs itself, interpreter exit, a blocked reactor and SIGINT.
+program runs itself or chooses, interpreter exit, a blocked reactor,
+SIGINT and fork().
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import txass
 import txass.blocking
 from tests import support
 from tests.support import connect, remove_after, unique_name, within
-from txass._bridge import BACKSTOP_MARGIN
+from txass._bridge import BACKSTOP_MARGIN, BRIDGE, Operation
 from txass.blocking import BlockingBroker, ReactorThreadError
 
 T = TypeVar("T")
@@ -41,6 +42,17 @@ EXIT_BOUND = 5.0
 
 # A loopback address where nothing listens, so any connection is refused.
 CLOSED_PORT_URL = "amqp://guest:guest@127.0.0.1:1/%2F"
+
+# A wait in seconds above threading.TIMEOUT_MAX, which locks and events
+# reject with OverflowError.
+HUGE = 1e10
+
+# Seconds within which a step in a forked child must fail.
+AT_ONCE = 0.5
+
+# Seconds within which a forked child must exit once its main module
+# returns.  The interpreter's own shutdown took up to about 0.2 s here.
+CHILD_EXIT_BOUND = 1.0
 
 
 class Echo:
@@ -156,12 +168,12 @@ class BlockingTestCase(unittest.TestCase):
         await broker.service(name).react(handler, **options)
         return name
 
-    async def blocking_connect(self, url: str = support.BROKER_URL) -> BlockingBroker:
+    async def blocking_connect(self, url: str = support.BROKER_URL, **options: Any) -> BlockingBroker:
         """
         Connect through the blocking API in a thread; the connection closes
         after the test.
         """
-        broker = await in_thread(txass.blocking.connect, url)
+        broker = await in_thread(txass.blocking.connect, url, **options)
         self.addCleanup(lambda: in_thread(broker.close))
         return broker
 
@@ -424,6 +436,111 @@ class CloseTests(BlockingTestCase):
         self.assertLess(seconds, 1.0)
 
 
+class LongWaitTests(BlockingTestCase):
+    async def test_close_with_huge_timeout(self) -> None:
+        """
+        When close() is given a timeout above threading.TIMEOUT_MAX, then
+        it closes the connection without OverflowError.
+        """
+        broker = await self.blocking_connect()
+        _, e, _ = await in_thread(timed, broker.close, timeout=HUGE)
+        self.assertIsNone(e)
+        self.assertFalse(broker._bridged.broker.is_open)
+
+    async def test_wait_above_timeout_max(self) -> None:
+        """
+        When a thread waits for an operation for longer than
+        threading.TIMEOUT_MAX, then it gets the operation's result without
+        OverflowError.
+        """
+
+        def wait() -> str:
+            operation: Operation[str] = Operation(ConnectionError)
+            reactor.callFromThread(operation.start, task.deferLater, reactor, 0.1, lambda: "done")
+            return BRIDGE.wait(operation, "a test operation", HUGE, TimeoutError)
+
+        result, e, _ = await in_thread(timed, wait)
+        self.assertIsNone(e)
+        self.assertEqual(result, "done")
+
+    async def test_start_with_far_deadline(self) -> None:
+        """
+        When the reactor is looked up with a deadline further away than
+        threading.TIMEOUT_MAX, then the running reactor is returned without
+        OverflowError.
+        """
+        result, e, _ = await in_thread(timed, lambda: BRIDGE.ensure_running(time.monotonic() + HUGE))
+        self.assertIsNone(e)
+        self.assertIs(result, reactor)
+
+
+class LostConnectionTests(BlockingTestCase):
+    async def test_reconnects(self) -> None:
+        """
+        When the connection is cut, then a later call gets its reply once
+        the broker has connected again, and the bridge still tracks the
+        broker.
+        """
+        name = await self.serve(Echo)
+        proxy = support.TCPProxy(self)
+        broker = await self.blocking_connect(proxy.url)
+        client = await in_thread(broker.rpc, name)
+        proxy.cut()
+        result = await in_thread(client.call, "foo", 6, timeout=support.EVENT_TIMEOUT)
+        self.flushLoggedErrors()
+        self.assertEqual(result, ["server", "foo", 6])
+        self.assertIn(broker._bridged, BRIDGE._brokers)
+
+    async def cut_connection(self) -> BlockingBroker:
+        """
+        Connect through a proxy without reconnection, then cut the
+        connection and wait until the broker is closed.
+        """
+        proxy = support.TCPProxy(self)
+        broker = await self.blocking_connect(proxy.url, reconnect=False)
+        proxy.cut()
+        # The bridge watched the connection first, so it has seen the loss.
+        await within(broker._bridged.broker.when_closed())
+        self.flushLoggedErrors()
+        return broker
+
+    async def test_forgotten(self) -> None:
+        """
+        When three connections without reconnection are cut in turn and
+        none is closed, then the bridge tracks none of them.
+        """
+        bridged = [(await self.cut_connection())._bridged for _ in range(3)]
+        self.assertEqual([b for b in bridged if b in BRIDGE._brokers], [])
+
+    async def test_call_after_loss(self) -> None:
+        """
+        When a call is made after a connection without reconnection was
+        cut, then it raises ConnectionLost at once, saying that the
+        connection was lost.
+        """
+        name = await self.serve(Echo)
+        proxy = support.TCPProxy(self)
+        broker = await self.blocking_connect(proxy.url, reconnect=False)
+        client = await in_thread(broker.rpc, name)
+        proxy.cut()
+        await within(broker._bridged.broker.when_closed())
+        self.flushLoggedErrors()
+        _, e, seconds = await in_thread(timed, client.call, "foo", 1)
+        self.assertIsInstance(e, txass.ConnectionLost)
+        self.assertIn("lost", str(e))
+        self.assertLess(seconds, 0.1)
+
+    async def test_close_after_loss(self) -> None:
+        """
+        When close() is called after a connection without reconnection was
+        cut, then it returns at once.
+        """
+        broker = await self.cut_connection()
+        _, e, seconds = await in_thread(timed, broker.close)
+        self.assertIsNone(e)
+        self.assertLess(seconds, 1.0)
+
+
 class Script(protocol.ProcessProtocol):
     """
     A program from C{tests/blocking_scripts} run in a child process.
@@ -644,3 +761,129 @@ class ScriptTests(BlockingTestCase):
         self.assertLess(float(lines[0].removeprefix("interrupted after ").removesuffix(" s")), 10)
         # Without the cancellation, the call stays pending for 30 s.
         self.assertEqual(lines[1], "pending: 0")
+
+    async def run_forked(self, *arguments: str) -> dict[str, dict[str, Any]]:
+        """
+        Run C{forked_child.py} and return the objects it printed by step,
+        and the result of the parent's last call under C{"result"}.
+        """
+        name = await self.serve(Echo)
+        script = self.run_script("forked_child.py", name, *arguments)
+        await script.wait_for_end(support.EVENT_TIMEOUT * 2)
+        self.assert_exited(script)
+        lines = [json.loads(line) for line in script.stdout.splitlines()]
+        steps = {line["step"]: line for line in lines if isinstance(line, dict)}
+        steps["result"] = {"value": [line for line in lines if isinstance(line, list)]}
+        return steps
+
+    def assert_at_once(self, step: dict[str, Any], error: str, text: str) -> None:
+        self.assertEqual(step["error"], error, step)
+        self.assertIn(text, step["message"])
+        self.assertLess(step["seconds"], AT_ONCE)
+
+    async def test_forked_call(self) -> None:
+        """
+        When a process forked after txass.blocking connected makes a call
+        on the inherited connection, then the call raises ConnectionLost at
+        once, saying that the process was forked.
+        """
+        steps = await self.run_forked()
+        self.assert_at_once(steps["call"], "ConnectionLost", "forked after txass.blocking connected")
+
+    async def test_forked_rpc(self) -> None:
+        """
+        When a process forked after txass.blocking connected creates an RPC
+        client on the inherited connection, then rpc() raises
+        ConnectionLost at once.
+        """
+        steps = await self.run_forked()
+        self.assert_at_once(steps["rpc"], "ConnectionLost", "forked after txass.blocking connected")
+
+    async def test_forked_connect(self) -> None:
+        """
+        When a process forked after txass.blocking connected connects, then
+        connect() raises ReactorThreadError at once, saying that the
+        reactor thread does not survive fork() and what to do instead.
+        """
+        steps = await self.run_forked()
+        self.assert_at_once(steps["connect"], "ReactorThreadError", "the reactor thread does not survive fork()")
+        self.assertIn("forkserver", steps["connect"]["message"])
+        self.assertIn("lazy-apps", steps["connect"]["message"])
+
+    async def test_forked_close(self) -> None:
+        """
+        When a process forked after txass.blocking connected closes the
+        inherited connection, then close() returns at once.
+        """
+        steps = await self.run_forked("close")
+        self.assertIsNone(steps["close"]["error"], steps["close"])
+        self.assertLess(steps["close"]["seconds"], AT_ONCE)
+
+    async def test_forked_exit(self) -> None:
+        """
+        When a process forked after txass.blocking connected returns from
+        its main module with the inherited connection open, then it exits
+        with 0 at once, without waiting for the reactor thread of its
+        parent.
+        """
+        steps = await self.run_forked()
+        self.assertEqual(steps["parent"]["code"], 0)
+        self.assertLess(steps["parent"]["ended"] - steps["return"]["at"], CHILD_EXIT_BOUND)
+
+    async def test_parent_after_fork(self) -> None:
+        """
+        When a process forks after txass.blocking connected, then the
+        parent's calls still get their replies.
+        """
+        steps = await self.run_forked()
+        self.assertEqual(steps["result"]["value"], [["server", "foo", 2]])
+
+    async def test_fork_before_use(self) -> None:
+        """
+        When a process forks before it uses txass.blocking, then the child
+        connects and calls.
+        """
+        name = await self.serve(Echo)
+        script = self.run_script("fork_before_use.py", name)
+        await script.wait_for_end(support.EVENT_TIMEOUT * 2)
+        self.assert_exited(script)
+        lines = script.stdout.splitlines()
+        self.assertEqual(json.loads(lines[0]), ["server", "foo", 4])
+        self.assertEqual(lines[2], "child exit code: 0")
+
+    async def test_fork_before_use_warns(self) -> None:
+        """
+        When a process forks before it uses txass.blocking while its parent
+        runs, then the child warns that its reactor is shared with the
+        parent.
+        """
+        name = await self.serve(Echo)
+        script = self.run_script("fork_before_use.py", name)
+        await script.wait_for_end(support.EVENT_TIMEOUT * 2)
+        self.assert_exited(script)
+        self.assertEqual(script.stdout.splitlines()[1], "warned: True")
+
+    async def test_reactor_installed_first(self) -> None:
+        """
+        When a program installs the asyncio reactor before it imports
+        txass.blocking, then the calls run on that reactor.
+        """
+        name = await self.serve(Echo)
+        script = self.run_script("chosen_reactor.py", name, "before")
+        await script.wait_for_end(support.EVENT_TIMEOUT * 2)
+        self.assert_exited(script)
+        lines = script.stdout.splitlines()
+        self.assertEqual(json.loads(lines[0]), ["server", "foo", 5])
+        self.assertEqual(lines[1], "AsyncioSelectorReactor")
+
+    async def test_reactor_installed_after_import(self) -> None:
+        """
+        When a program installs the asyncio reactor after it imported
+        txass.blocking, then the install raises
+        ReactorAlreadyInstalledError, since importing txass installed the
+        default reactor.
+        """
+        script = self.run_script("chosen_reactor.py", "unused", "after")
+        await script.wait_for_end(support.EVENT_TIMEOUT * 2)
+        self.assert_exited(script)
+        self.assertEqual(script.stdout.splitlines(), ["ReactorAlreadyInstalledError"])

@@ -14,11 +14,19 @@ in the reactor thread.
 The bridge uses the global reactor.  When that reactor does not run yet,
 the bridge runs it in a daemon thread of its own, named C{txass-reactor},
 and stops it when the interpreter exits.
+
+Threads do not survive C{fork()}: a child process forked while the reactor
+ran has no reactor thread.  A hook run in the child after C{fork()} marks
+the connections inherited from the parent closed and makes every later
+C{connect()} fail at once, instead of leaving each blocking operation to
+wait for a reactor thread that is not there.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -72,13 +80,27 @@ SHUTDOWN_CLOSE_TIMEOUT = 2.0
 CLOSED_BY_USER = "BlockingBroker.close() was called"
 EXITING = "the Python interpreter is exiting"
 REACTOR_STOPPING = "the Twisted reactor is shutting down"
+FORKED = (
+    "this process was forked after txass.blocking connected; the connection stays with the parent "
+    "process, and the reactor thread that served it does not survive fork()"
+)
+
+
+def bounded(seconds: float) -> float:
+    """
+    Return C{seconds} as a wait that locks, events and futures accept: at
+    least 0 and at most C{threading.TIMEOUT_MAX}, about 292 years, above
+    which they raise L{OverflowError}.
+    """
+    return min(max(0.0, seconds), threading.TIMEOUT_MAX)
 
 
 class ReactorThreadError(TxassError, RuntimeError):
     """
-    Raised when a blocking call cannot use the reactor thread: it was made
-    in the reactor thread itself, where waiting would block the reactor, or
-    the reactor has stopped and cannot be restarted.
+    Raised when a blocking call cannot use the reactor thread.  Either it
+    was made in the reactor thread itself, where waiting would block the
+    reactor, or the reactor has stopped and cannot be restarted, or the
+    process was forked while the reactor ran and so has no reactor thread.
     """
 
 
@@ -256,6 +278,37 @@ class BridgedBroker:
         self.bridge.forget(self)
         return True
 
+    def watch(self) -> None:
+        """
+        Close this when the broker is closed for good, as when a broker
+        that does not reconnect loses its connection, so that the bridge
+        stops tracking it and later operations fail at once.  Runs in the
+        reactor thread.
+        """
+        self.broker.when_closed().addCallback(self._on_lost)
+
+    def _on_lost(self, reason: Exception) -> None:
+        # Does nothing when close() or the reactor's shutdown began first.
+        if self.begin_close(str(reason)):
+            self.close_broker()
+
+    def inherited(self) -> None:
+        """
+        Mark this closed in a child process forked from the process that
+        opened it.  Runs in the child right after C{fork()}, where neither
+        the threads waiting on this nor the reactor thread exist.
+
+        The parent still uses the connection, so the child must not close
+        it: the socket is shared.
+        """
+        # A thread of the parent may have held the lock at fork().
+        self._lock = threading.Lock()
+        if self.closed is None:
+            self.closed = FORKED
+        self._waiting.clear()
+        self._broker_closed = threading.Event()
+        self._broker_closed.set()
+
     def close_broker(self) -> defer.Deferred[None]:
         """
         Close the L{Broker}.  Runs in the reactor thread.
@@ -287,6 +340,9 @@ class BridgedBroker:
         """
         if self.begin_close(reason):
             self.start_closing()
+        if self.bridge.forked:
+            # A close the parent began cannot finish here.
+            return
         if not self.wait_closed(timeout):
             self.log.warn(
                 "the connection to {url} did not close within {timeout:g} s", url=self.address.safe_url(), timeout=timeout
@@ -298,7 +354,7 @@ class BridgedBroker:
 
         @return: Whether it closed in time.
         """
-        return self._broker_closed.wait(max(0.0, timeout))
+        return self._broker_closed.wait(bounded(timeout))
 
 
 class Bridge:
@@ -327,12 +383,24 @@ class Bridge:
         self._shutting_down = False
         self._brokers: set[BridgedBroker] = set()
         self._connecting: set[Operation[Any]] = set()
+        # Whether this process was forked from one whose reactor ran, so
+        # that it has no reactor thread.
+        self.forked = False
+        # The parent process this one was forked from before the reactor
+        # ran, or None.
+        self._forked_from: int | None = None
 
     @property
     def reactor(self) -> Any:
         """
-        The global reactor, imported on first use so that importing
-        L{txass.blocking} does not install one.
+        The global reactor.
+
+        Importing L{txass} already installs the default reactor, because
+        pika's Twisted adapter imports C{twisted.internet.reactor}; a
+        program that wants another reactor, such as the asyncio reactor,
+        installs it before it imports L{txass}.  The reactor is looked up
+        here on first use only so that this module does not import it
+        itself.
         """
         if self._reactor is None:
             from twisted.internet import reactor
@@ -344,7 +412,7 @@ class Bridge:
         """
         Return whether the reactor runs and will run the work handed to it.
         """
-        return bool(self.reactor.running) and not self._shutting_down
+        return not self.forked and bool(self.reactor.running) and not self._shutting_down
 
     def check_thread(self, what: str) -> None:
         """
@@ -377,7 +445,7 @@ class Bridge:
         """
         future = operation.future
         try:
-            return future.result(timeout=seconds)
+            return future.result(timeout=bounded(seconds))
         except FutureTimeout:
             # Either the wait timed out, or the operation failed with a
             # TimeoutError of its own, such as CallTimeout.  Only in the
@@ -406,10 +474,13 @@ class Bridge:
         # that is a TimeoutError.
         return future.result()
 
-    def connect(self, url: str | None, timeout: float) -> BridgedBroker:
+    def connect(self, url: str | None, timeout: float, *, reconnect: bool = True) -> BridgedBroker:
         """
         Connect through L{txass.connect} in the reactor thread, starting the
         reactor first if needed, and wait at most C{timeout} seconds.
+
+        @param reconnect: Whether the broker connects again after it lost
+            the connection, as for L{txass.connect}.
         """
         address = parse_url(url)
         deadline = time.monotonic() + timeout
@@ -434,7 +505,7 @@ class Bridge:
                 raise lost(EXITING)
             self._connecting.add(operation)
         try:
-            reactor.callFromThread(operation.start, txass.connect, url)
+            reactor.callFromThread(operation.start, txass.connect, url, reconnect=reconnect)
             broker = self.wait(operation, f"the connection to {address.safe_url()}", deadline - time.monotonic(), timed_out)
         finally:
             with self._lock:
@@ -449,6 +520,7 @@ class Bridge:
             # The exit hook ran while this connected, and did not see it.
             reactor.callFromThread(broker.close)
             raise lost(EXITING)
+        reactor.callFromThread(bridged.watch)
         return bridged
 
     def forget(self, bridged: BridgedBroker) -> None:
@@ -464,7 +536,9 @@ class Bridge:
         @raise ReactorThreadError: if it does not run by C{deadline}, or has
             stopped and cannot be restarted.
         """
-        if not self._start_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        if self.forked:
+            raise ReactorThreadError(self._forked_message())
+        if not self._start_lock.acquire(timeout=bounded(deadline - time.monotonic())):
             raise ReactorThreadError("timed out waiting for another thread that starts the Twisted reactor")
         try:
             return self._ensure_running(deadline)
@@ -491,14 +565,44 @@ class Bridge:
             )
             self._thread = thread
             thread.start()
-        if not running.wait(max(0.0, deadline - time.monotonic())):
+        if not running.wait(bounded(deadline - time.monotonic())):
             raise ReactorThreadError(
                 "the Twisted reactor did not start running in time; if another thread runs it, "
                 "that thread is blocked"
             )
         if self._start_error is not None:
             raise ReactorThreadError(self._stopped_message()) from self._start_error
+        self._warn_if_shared()
         return reactor
+
+    @staticmethod
+    def _forked_message() -> str:
+        return (
+            "txass.blocking cannot connect in this process: it was forked after txass.blocking started "
+            "using the Twisted reactor, and the reactor thread does not survive fork(); use "
+            "txass.blocking in a child process only if it was not started before fork(), or start "
+            "child processes with the spawn or forkserver method of multiprocessing, or load the "
+            "application in each worker process after fork() (gunicorn without --preload, uWSGI "
+            "with lazy-apps)"
+        )
+
+    def _warn_if_shared(self) -> None:
+        """
+        Warn once if this process was forked from a parent that still runs
+        after it had created the reactor.
+        """
+        parent, self._forked_from = self._forked_from, None
+        if parent is None or os.getppid() != parent:
+            return
+        self.log.warn(
+            "the Twisted reactor of this process was created before process {parent} forked it, so "
+            "it shares its poller and its waker with that process and the other processes forked "
+            "from it; if more than one of them runs the reactor, they take each other's events, and "
+            "connections fail or stall.  Import txass only after fork(), or start child processes "
+            "with the spawn or forkserver method, or load the application in each worker process "
+            "after fork()",
+            parent=parent,
+        )
 
     @staticmethod
     def _stopped_message() -> str:
@@ -567,6 +671,32 @@ class Bridge:
             operation.fail(operation.lost(reason))
         return brokers
 
+    def after_fork_in_child(self) -> None:
+        """
+        Leave the state of the parent process behind.  Runs in a child
+        process right after C{fork()}, in its only thread.
+        """
+        # Threads of the parent may have held these locks at fork(), and
+        # none of them will release them here.
+        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        # No thread of this process waits for these connects.
+        self._connecting.clear()
+        brokers = list(self._brokers)
+        self._brokers.clear()
+        for bridged in brokers:
+            bridged.inherited()
+        # Installing a reactor puts it in place of this module.  Looking it up
+        # does not install one in a child of a program that has none.
+        reactor = sys.modules.get("twisted.internet.reactor")
+        if self._ready or self._thread is not None or bool(getattr(reactor, "running", False)):
+            self.forked = True
+        elif reactor is not None:
+            # NOTE: the reactor created before fork() keeps the poller and
+            # waker it shares with the parent; Twisted offers no way to renew
+            # them, so the bridge can only warn when it first uses it.
+            self._forked_from = os.getppid()
+
     def _register_exit_hook(self) -> None:
         if self._hook_registered:
             return
@@ -591,7 +721,8 @@ class Bridge:
         start = time.monotonic()
         with self._lock:
             self._exiting = True
-        if self._reactor is None:
+        if self._reactor is None or self.forked:
+            # No reactor thread to wait for.
             return
         brokers = self._take_open(EXITING)
         closing = [bridged for bridged in brokers if bridged.begin_close(EXITING)]
@@ -610,7 +741,7 @@ class Bridge:
         thread = self._thread
         if self._owns_reactor and thread is not None and thread.is_alive():
             self.reactor.callFromThread(self._stop_reactor)
-            thread.join(max(EXIT_STOP_TIMEOUT, start + EXIT_CLOSE_TIMEOUT + EXIT_STOP_TIMEOUT - time.monotonic()))
+            thread.join(bounded(max(EXIT_STOP_TIMEOUT, start + EXIT_CLOSE_TIMEOUT + EXIT_STOP_TIMEOUT - time.monotonic())))
             if thread.is_alive():
                 self.log.warn("the Twisted reactor in thread {thread} did not stop at interpreter exit", thread=thread.name)
 
@@ -622,3 +753,5 @@ class Bridge:
 
 
 BRIDGE = Bridge()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=BRIDGE.after_fork_in_child)

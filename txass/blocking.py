@@ -15,6 +15,9 @@ the calls use it.  Otherwise the first L{connect} runs it in a daemon
 thread named C{txass-reactor}.  Start your own reactor thread, if you have
 one, and wait until it runs before the first L{connect}.
 
+A L{BlockingBroker} connects again after its connection is lost, as a
+L{txass.Broker} does, unless L{connect} was given C{reconnect=False}.
+
 Calls made in the reactor thread raise L{ReactorThreadError}, because
 waiting there would stop the reactor; use the Deferred API (L{txass.connect},
 L{txass.Broker.rpc}) in reactor code.
@@ -23,6 +26,26 @@ When the interpreter exits, before it joins the threads that are not
 daemons, every open L{BlockingBroker} is closed, which makes the calls still
 waiting raise L{txass.ConnectionLost}, and the reactor thread started here
 is stopped.  This takes about two seconds at most.
+
+Importing this module, like importing L{txass}, installs Twisted's default
+reactor unless a reactor is installed already.  A program that wants
+another reactor installs it before it imports L{txass}.
+
+The reactor thread does not survive C{fork()}.  In a process forked after
+this module connected, or while the reactor ran, calls on the inherited
+connections raise L{txass.ConnectionLost} and L{connect} raises
+L{ReactorThreadError}, at once.  Use this module in forked processes only
+if it was not used before C{fork()}.  Import L{txass} only after C{fork()}
+when more than one of these processes will use it, since the reactor
+installed at import shares its poller and waker with every process forked
+afterwards.
+The spawn and forkserver start methods of L{multiprocessing}, and loading
+the application in each worker process (gunicorn without C{--preload},
+uWSGI with C{lazy-apps}), avoid both problems.
+
+Timeouts of calls and connects are at most 10**9 seconds.  Other waits
+longer than C{threading.TIMEOUT_MAX}, about 292 years, such as a huge
+timeout given to L{BlockingBroker.close}, are shortened to it.
 """
 
 from __future__ import annotations
@@ -40,7 +63,7 @@ __all__ = ["connect", "BlockingBroker", "BlockingRPCClient", "ReactorThreadError
 CLOSE_TIMEOUT = 10.0
 
 
-def connect(url: str | None = None, *, timeout: float = 30.0) -> BlockingBroker:
+def connect(url: str | None = None, *, timeout: float = 30.0, reconnect: bool = True) -> BlockingBroker:
     """
     Connect to a RabbitMQ broker and wait until the connection is open.
 
@@ -51,18 +74,26 @@ def connect(url: str | None = None, *, timeout: float = 30.0) -> BlockingBroker:
         C{$TXASS_BROKER_URL} is used, or else L{txass.DEFAULT_URL}.
     @param timeout: Seconds to wait at most, including the start of the
         reactor.
+    @param reconnect: Whether the broker connects again, with exponential
+        backoff and jitter, when the connection is lost after it was open;
+        calls made in the meantime wait for the connection within their
+        timeout.  Without it, a lost connection stays closed: calls raise
+        L{txass.ConnectionLost} at once, and only the L{BlockingBroker}
+        object remains.
     @return: The open connection.
     @raise txass.ConnectionFailed: when the connection cannot be opened
         within C{timeout}, or as L{txass.AuthenticationFailed} or
         L{txass.VhostNotFound}, as L{txass.connect} fails.
     @raise txass.InvalidURL: if C{url} is not a usable AMQP URI.
-    @raise ReactorThreadError: if called in the reactor thread, or if the
-        reactor has stopped and cannot be restarted.
-    @raise ValueError: if C{timeout} is not a number greater than 0.
+    @raise ReactorThreadError: if called in the reactor thread, if the
+        reactor has stopped and cannot be restarted, or if this process
+        was forked while the reactor ran.
+    @raise ValueError: if C{timeout} is not a number greater than 0 and at
+        most 10**9.
     """
     BRIDGE.check_thread("txass.blocking.connect()")
     seconds = check_timeout(timeout)
-    return BlockingBroker(BRIDGE.connect(url, seconds))
+    return BlockingBroker(BRIDGE.connect(url, seconds, reconnect=bool(reconnect)))
 
 
 class BlockingBroker:
@@ -92,7 +123,8 @@ class BlockingBroker:
     @property
     def is_open(self) -> bool:
         """
-        Whether the connection is open and L{close} was not called.
+        Whether the connection is open and L{close} was not called;
+        L{False} while the broker connects again.
         """
         return self._bridged.closed is None and self._bridged.broker.is_open
 
@@ -106,8 +138,10 @@ class BlockingBroker:
             direct reply-to.
         @raise txass.errors.InvalidName: if C{service} cannot name a
             service.
-        @raise ValueError: if C{timeout} is not a number greater than 0.
-        @raise txass.ConnectionLost: if the connection is closed.
+        @raise ValueError: if C{timeout} is not a number greater than 0 and
+            at most 10**9.
+        @raise txass.ConnectionLost: if the connection is closed, or if
+            this process was forked after it opened.
         @raise ReactorThreadError: if called in the reactor thread, or if
             the reactor thread does not respond within 10 seconds.
         """
@@ -141,8 +175,12 @@ class BlockingBroker:
         L{txass.ConnectionLost} at once, and so do calls made later.
 
         Closing again does nothing more, and waits as the first close does.
+        In a process forked after the connection opened, this only marks it
+        closed here: the parent process keeps using it.
 
-        @param timeout: Seconds to wait at most for the connection to close.
+        @param timeout: Seconds to wait at most for the connection to close;
+            a timeout above C{threading.TIMEOUT_MAX} waits that long, and
+            one of 0 or less does not wait.
         @raise ReactorThreadError: if called in the reactor thread while the
             reactor runs.
         """
@@ -202,10 +240,12 @@ class BlockingRPCClient:
             encoded as JSON.
         @raise txass.ConnectionLost: when the connection closed, or
             L{BlockingBroker.close} was called, before the reply came; or at
-            once, when the connection is closed.
+            once, when the connection is closed or this process was forked
+            after it opened.
         @raise txass.InvalidReply: when the reply is not a txass reply.
         @raise ReactorThreadError: if called in the reactor thread.
-        @raise ValueError: if C{timeout} is not a number greater than 0.
+        @raise ValueError: if C{timeout} is not a number greater than 0 and
+            at most 10**9.
         """
         BRIDGE.check_thread("BlockingRPCClient.call()")
         seconds = self.timeout if timeout is None else check_timeout(timeout)
