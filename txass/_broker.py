@@ -177,9 +177,8 @@ class Broker:
         is still open, or once the connection is open again.
         """
         if self._closing is None and self._reconnecting is None and self._connection.is_open:
-            # NOTE: a channel that the broker closes at once every time (such
-            # as a queue whose arguments changed) makes the server stop
-            # rather than loop; see _resume_server.
+            # A declaration or consume that the broker rejects stops the
+            # server (see _resume_server), so a lasting refusal cannot loop.
             self._later(CHANNEL_RETRY_DELAY, self._resume_server, server)
 
     def _later(self, delay: float, function: Callable[..., object], *arguments: Any) -> None:
