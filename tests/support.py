@@ -198,7 +198,11 @@ def rabbitmqctl(*arguments: str) -> str:
 
 class _ProxyServer(portforward.ProxyServer):
     def connectionMade(self) -> None:
-        self.factory.proxy.connections.add(self)  # type: ignore[attr-defined]
+        proxy = self.factory.proxy  # type: ignore[attr-defined]
+        proxy.connections.add(self)
+        if proxy.frozen:
+            # A frozen network carries nothing, not even a new handshake.
+            self.transport.pauseProducing()
         super().connectionMade()
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -220,6 +224,7 @@ class TCPProxy:
         factory.protocol = _ProxyServer
         factory.proxy = self  # type: ignore[attr-defined]
         self.connections: set[portforward.ProxyServer] = set()
+        self.frozen = False
         self._port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
         testcase.addCleanup(self.close)
         port = self._port.getHost().port
@@ -238,8 +243,10 @@ class TCPProxy:
     def freeze(self) -> None:
         """
         Stop forwarding in both directions while keeping the connections
-        open, as a network that drops every packet would.
+        open, as a network that drops every packet would.  New connections
+        are accepted but carry nothing either.
         """
+        self.frozen = True
         for connection in list(self.connections):
             connection.transport.pauseProducing()
             if connection.peer is not None:

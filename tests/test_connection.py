@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import socket
 
+import pika.exceptions
+
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from twisted.trial.unittest import SynchronousTestCase
 
 import txass
 from tests.support import BROKER_URL, connect, remove_after, unique_name, within
-from txass._connection import DEFAULT_URL, InvalidURL, parse_url
+from txass._connection import DEFAULT_URL, InvalidURL, _describe_handshake_error, parse_url
 
 
 def closed_port() -> int:
@@ -124,6 +126,22 @@ class ParseURLTests(SynchronousTestCase):
                 with self.assertRaises(InvalidURL) as caught:
                     parse_url(url)
                 self.assertNotIn("s3cr", str(caught.exception))
+
+    def test_handshake_cut_not_blamed_on_login(self) -> None:
+        """
+        When the socket closes during the AMQP login without a reason from
+        the broker, then the error is a plain ConnectionFailed that names
+        both possible causes, not AuthenticationFailed or VhostNotFound.
+        """
+        address = parse_url("amqp://alice:s3cret@127.0.0.1:5672/%2F")
+        for guess in (
+            pika.exceptions.ProbableAuthenticationError("ConnectionLost()"),
+            pika.exceptions.ProbableAccessDeniedError("ConnectionLost()"),
+        ):
+            with self.subTest(guess=guess):
+                error = _describe_handshake_error(address, guess)
+                self.assertIs(type(error), txass.ConnectionFailed)
+                self.assertIn("the network failed", str(error))
 
     def test_safe_url_hides_password(self) -> None:
         """

@@ -150,6 +150,128 @@ class ProxyCutTests(unittest.TestCase):
         self.flushLoggedErrors()
 
 
+class RaceTests(unittest.TestCase):
+    async def test_scheduled_resume_cancelled_by_loss(self) -> None:
+        """
+        When the connection drops while a server waits for its scheduled
+        resumption, then only the reconnection resumes it, with one
+        consumer.
+        """
+        name = unique_name("reconnect")
+        remove_after(self, name)
+        proxy = TCPProxy(self)
+        broker = await connect(self, proxy.url)
+        broker._retry_policy = fast_retry
+        server = await broker.service(name).react(Echo, grace=0)
+        channel = await raw_channel(self)
+        await channel.delete_queue(name)
+        await wait_until(lambda: server.state == "interrupted" and bool(broker._scheduled))
+        proxy.cut()
+        await wait_until(lambda: broker._reconnecting is not None)
+        self.assertEqual(broker._scheduled, set())
+        await wait_until(lambda: server.state == "running")
+        self.assertEqual(server._generation, 1)
+        await wait_until(lambda: consumer_count(name) == 1, 10)
+        self.flushLoggedErrors()
+
+    async def test_resume_once(self) -> None:
+        """
+        When a server is asked to resume twice before the first resumption
+        finished, then it consumes again only once.
+        """
+        name = unique_name("reconnect")
+        remove_after(self, name)
+        broker = await connect(self)
+        server = await broker.service(name).react(Echo, grace=0)
+        await server._consumer.close()  # type: ignore[attr-defined]
+        broker._resume_server(server)
+        broker._resume_server(server)
+        await wait_until(lambda: server.state == "running")
+        self.assertEqual(server._generation, 1)
+        self.assertEqual(consumer_count(name), 1)
+        self.flushLoggedErrors()
+
+    async def test_queue_deleted_while_interrupted(self) -> None:
+        """
+        When the service queue is deleted while a server waits to consume
+        again, then the server declares it again and resumes, rather than
+        stop.
+        """
+        name = unique_name("reconnect")
+        remove_after(self, name)
+        broker = await connect(self)
+        server = await broker.service(name).react(Echo, grace=0)
+        await server._consumer.close()  # type: ignore[attr-defined]
+        channel = await raw_channel(self)
+        await channel.delete_queue(name)
+        await wait_until(lambda: server.state == "running" and server._generation >= 1)
+        self.assertEqual(await within(broker.rpc(name).call("echo", "served")), "served")
+        self.flushLoggedErrors()
+
+    async def test_close_on_frozen_connection(self) -> None:
+        """
+        When the network stops carrying packets and heartbeats are off,
+        then close() still ends within a bounded time.
+        """
+        name = unique_name("reconnect")
+        remove_after(self, name)
+        proxy = TCPProxy(self)
+        broker = await txass.connect(proxy.url + "?heartbeat=0")
+        server = await broker.service(name).react(Echo, grace=0)
+        await within(broker.rpc(name).call("echo", 1))
+        proxy.freeze()
+        started = time.monotonic()
+        await within(broker.close(), 40)
+        self.assertLess(time.monotonic() - started, 30)
+        self.assertEqual(server.state, "stopped")
+        self.flushLoggedErrors()
+
+    async def test_close_during_connection_attempt(self) -> None:
+        """
+        When close() is called while a reconnection attempt waits for the
+        broker's handshake, then the attempt is cancelled and nothing of it
+        is left running.
+        """
+        name = unique_name("reconnect")
+        remove_after(self, name)
+        proxy = TCPProxy(self)
+        broker = await txass.connect(proxy.url)
+        broker._retry_policy = fast_retry
+        await broker.service(name).react(Echo, grace=0)
+        proxy.freeze()
+        proxy.cut()
+        # The delay before the first attempt has passed: the attempt waits.
+        await wait_until(lambda: broker._waiting is not None and broker._retry_call is None)
+        started = time.monotonic()
+        await within(broker.close())
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertIsNone(broker._waiting)
+        self.assertFalse(broker.is_open)
+        self.flushLoggedErrors()
+
+    async def test_backoff_grows_across_short_connections(self) -> None:
+        """
+        When each new connection is lost soon after it opened, then the
+        attempt count keeps growing, so the delays keep backing off.
+        """
+        proxy, broker, server = await self.proxied_server()
+        for expected in (1, 2):
+            generation = server._generation
+            proxy.cut()
+            await wait_until(lambda: server.state == "running" and server._generation > generation)
+            self.assertEqual(broker._attempt, expected)
+        self.flushLoggedErrors()
+
+    async def proxied_server(self) -> tuple[TCPProxy, txass.Broker, txass.Server]:
+        name = unique_name("reconnect")
+        remove_after(self, name)
+        proxy = TCPProxy(self)
+        broker = await connect(self, proxy.url)
+        broker._retry_policy = fast_retry
+        server = await broker.service(name).react(Echo, grace=0)
+        return proxy, broker, server
+
+
 class ChannelLossTests(unittest.TestCase):
     async def test_deleted_queue_declared_again(self) -> None:
         """

@@ -32,6 +32,16 @@ RETRY_MAX_DELAY = 30.0
 # Seconds before a server whose channel closed on an open connection
 # consumes again.
 CHANNEL_RETRY_DELAY = 1.0
+
+# Seconds a connection must stay open before its loss starts the backoff
+# from the first delay again, so that a connection dropped soon after each
+# reconnection still backs off.
+STABLE_CONNECTION = 30.0
+
+# AMQP reply codes with which the broker refuses what a server needs for
+# good: access refused (403) and a queue that exists with other arguments
+# (406).  A server that gets them while resuming stops.
+TERMINAL_REPLY_CODES = frozenset({403, 406})
 DEFAULT_GRACE = 30.0
 
 # The AMQP reply code for a missing queue or exchange.
@@ -64,6 +74,13 @@ class Broker:
         # The reconnection in progress, and the callers waiting for it.
         self._reconnecting: defer.Deferred[None] | None = None
         self._retry_call: Any = None
+        # What the reconnection waits for: the delay before an attempt, or
+        # the attempt; Broker.close() cancels it.
+        self._waiting: defer.Deferred[Any] | None = None
+        # The number of reconnection attempts since the connection was last
+        # stable, which sets the next delay.
+        self._attempt = 0
+        self._connected_at = 0.0
         self._connected_waiters: list[defer.Deferred[None]] = []
         self._closed_waiters: list[defer.Deferred[Exception]] = []
         self._final_reason: Exception | None = None
@@ -91,6 +108,7 @@ class Broker:
         earlier connection is declared or opened again when next needed.
         """
         self._connection = connection
+        self._connected_at = self._reactor.seconds()
         self._declarations.clear()
         self._publisher_channels.clear()
         self._blocked = None
@@ -133,34 +151,45 @@ class Broker:
             url=self.address.safe_url(),
             reason=reason,
         )
+        # Resumptions scheduled on the lost connection are made by the
+        # reconnection instead.
+        self._cancel_scheduled()
+        if self._reactor.seconds() - self._connected_at >= STABLE_CONNECTION:
+            self._attempt = 0
         self._reconnecting = defer.Deferred.fromCoroutine(self._reconnect())
 
     async def _reconnect(self) -> None:
-        attempt = 0
         while self._closing is None:
-            delay = self._retry_policy(attempt)
-            attempt += 1
-            timer: defer.Deferred[None] = defer.Deferred()
-            self._retry_call = self._reactor.callLater(delay, timer.callback, None)
-            await timer
-            self._retry_call = None
-            if self._closing is not None:
-                return
+            delay = self._retry_policy(self._attempt)
+            self._attempt += 1
+            self._waiting = defer.Deferred()
+            self._retry_call = self._reactor.callLater(delay, self._waiting.callback, None)
             try:
-                connection = await open_connection(self.address, self._reactor)
+                await self._waiting
+                self._retry_call = None
+                # Broker.close() cancels the connection attempt too.
+                self._waiting = defer.Deferred.fromCoroutine(open_connection(self.address, self._reactor))
+                connection = await self._waiting
+            except defer.CancelledError:
+                return
             except ConnectionFailed as e:
                 self.log.warn(
                     "reconnecting to {url} failed (attempt {attempt}): {error}",
                     url=self.address.safe_url(),
-                    attempt=attempt,
+                    attempt=self._attempt,
                     error=e.reason,
                 )
                 continue
+            finally:
+                self._retry_call = None
+                self._waiting = None
             if self._closing is not None:
                 await connection.close()
                 return
             self._attach(connection)
-            self.log.info("reconnected to {url} after {attempt} attempts", url=self.address.safe_url(), attempt=attempt)
+            self.log.info(
+                "reconnected to {url} after {attempt} attempts", url=self.address.safe_url(), attempt=self._attempt
+            )
             break
         self._reconnecting = None
         waiters, self._connected_waiters = self._connected_waiters, []
@@ -195,34 +224,52 @@ class Broker:
         self._scheduled.add(call)
 
     def _resume_server(self, server: Server) -> None:
-        if server.state == "interrupted" and self._closing is None:
+        if server.state == "interrupted" and not server._resuming and self._closing is None:
+            # Marked before the first await, so that the reconnection and a
+            # scheduled resumption never resume one server twice.
+            server._resuming = True
             defer.Deferred.fromCoroutine(self._resume_server_once(server))
 
     async def _resume_server_once(self, server: Server) -> None:
-        if not self._connection.is_open:
-            # The reconnection resumes it.
-            return
         try:
+            if not self._connection.is_open:
+                # The reconnection resumes it.
+                return
             try:
                 await self._declare_service(server.topology)
-            except ChannelClosed as e:
-                if e.reply_code != NOT_FOUND:
+                consumer = await self._open_channel()
+                try:
+                    await server.resume(consumer)
+                except Exception:
+                    await consumer.close()
                     raise
+            except ConnectionLost:
+                # The reconnection resumes it.
+                return
+            except ChannelClosed as e:
+                if e.reply_code in TERMINAL_REPLY_CODES:
+                    server.fail(e)
+                    return
+                # For example 404 because the queue was deleted again since
+                # it was declared: declare it again and retry.
+                self.log.warn(
+                    "server of {service} could not consume again: {error}; retrying",
+                    service=server.service,
+                    error=e,
+                )
                 self._forget_declarations(server.topology, None)
-                await self._declare_service(server.topology)
-            consumer = await self._open_channel()
-            try:
-                await server.resume(consumer)
-            except Exception:
-                await consumer.close()
-                raise
-        except ConnectionLost:
-            # The reconnection resumes it.
-            return
-        except ChannelClosed as e:
-            server.fail(e)
-            return
+                if self._connection.is_open:
+                    self._later(CHANNEL_RETRY_DELAY, self._resume_server, server)
+                return
+        finally:
+            server._resuming = False
         self.log.info("server of {service} resumed", service=server.service)
+
+    def _cancel_scheduled(self) -> None:
+        for call in list(self._scheduled):
+            if call.active():
+                call.cancel()
+        self._scheduled.clear()
 
     def _wait_connected(self) -> defer.Deferred[None]:
         """
@@ -453,11 +500,11 @@ class Broker:
     async def _close(self) -> None:
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
-            self._retry_call = None
-        for call in list(self._scheduled):
-            if call.active():
-                call.cancel()
-        self._scheduled.clear()
+        if self._waiting is not None:
+            self._waiting.cancel()
+        if self._reconnecting is not None:
+            await self._reconnecting
+        self._cancel_scheduled()
         failed, self._connected_waiters = self._connected_waiters, []
         for waiter in failed:
             waiter.errback(ConnectionLost("Broker.close() was called"))

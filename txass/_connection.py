@@ -283,6 +283,28 @@ def _translate(failure: Failure) -> Failure:
     return failure
 
 
+# Seconds to wait for the broker to confirm cancelling a consumer or
+# closing a channel or connection, before going on without it.
+CLOSE_TIMEOUT = 5.0
+
+
+async def _wait_bounded(d: defer.Deferred[Any], reactor: Any) -> bool:
+    """
+    Wait for C{d} at most L{CLOSE_TIMEOUT} seconds, without cancelling it.
+
+    @return: Whether C{d} fired in time.
+    """
+    if d.called:
+        return True
+    timer: defer.Deferred[None] = defer.Deferred()
+    call = reactor.callLater(CLOSE_TIMEOUT, timer.callback, None)
+    await defer.DeferredList([d, timer], fireOnOneCallback=True, fireOnOneErrback=True, consumeErrors=True)
+    if call.active():
+        call.cancel()
+        return True
+    return False
+
+
 async def _call(d: defer.Deferred[Any]) -> Any:
     return await d.addErrback(_translate)
 
@@ -294,7 +316,12 @@ class AMQPChannel:
     L{AMQPConnection.channel} creates it.
     """
 
-    def __init__(self, channel: TwistedChannel, confirms: bool) -> None:
+    def __init__(self, channel: TwistedChannel, confirms: bool, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self._reactor = reactor
         self._channel = channel
         # NOTE: consumers use pika's callback-based channel underneath the
         # Twisted wrapper, so every delivery reaches our callback at once
@@ -510,7 +537,8 @@ class AMQPChannel:
 
         self._call_when_closed(finished)
         self._raw.basic_cancel(consumer_tag, callback=finished)
-        await done
+        # A broker that stopped answering must not hold up a stop.
+        await _wait_bounded(done, self._reactor)
 
     def ack(self, delivery_tag: int) -> None:
         """
@@ -540,7 +568,8 @@ class AMQPChannel:
                 self._channel.close()
         except (pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError):
             pass
-        await self.when_closed()
+        # Without close-ok, the channel ends with its connection.
+        await _wait_bounded(self.when_closed(), self._reactor)
 
 
 class _PikaProtocol(TwistedProtocolConnection):
@@ -594,11 +623,20 @@ def _describe_handshake_error(address: BrokerAddress, error: Exception | None) -
                 VhostNotFound,
             )
         return address.connection_failed(f"the broker closed the connection: {error.reply_code} {error.reply_text}")
-    if isinstance(error, (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError)):
+    if isinstance(error, pika.exceptions.AuthenticationError):
         return address.connection_failed(f"the broker rejected the user name or password ({error})", AuthenticationFailed)
+    # RabbitMQ reports a rejected login or vhost with connection.close, read
+    # above.  A socket that closes at those steps without it may as well be
+    # a network failure, so the error does not claim either cause.
+    if isinstance(error, pika.exceptions.ProbableAuthenticationError):
+        return address.connection_failed(
+            "the connection closed during the AMQP login without a reason from the broker: "
+            "the network failed, or the broker rejected the user name or password"
+        )
     if isinstance(error, pika.exceptions.ProbableAccessDeniedError):
         return address.connection_failed(
-            f"the vhost does not exist or the user has no access to it ({error})", VhostNotFound
+            "the connection closed while opening the vhost without a reason from the broker: "
+            "the network failed, or the vhost does not exist or the user has no access to it"
         )
     return address.connection_failed(f"AMQP handshake failed: {error!r}")
 
@@ -727,7 +765,7 @@ class AMQPConnection:
                 0, "no free channel number: every channel this connection negotiated (channel_max) is open"
             ) from None
         twisted_channel = await _call(opening)
-        channel = AMQPChannel(twisted_channel, confirms=False)
+        channel = AMQPChannel(twisted_channel, confirms=False, reactor=self._reactor)
         if confirms:
             await channel.enable_confirms()
         return channel
@@ -740,7 +778,14 @@ class AMQPConnection:
             return
         closed = self.when_closed()
         self._protocol.close()
-        await closed
+        if not await _wait_bounded(closed, self._reactor) and self._protocol.transport is not None:
+            _log.warn(
+                "the broker at {url} did not confirm closing within {seconds:g} s; dropping the connection",
+                url=self.address.safe_url(),
+                seconds=CLOSE_TIMEOUT,
+            )
+            self._protocol.transport.abortConnection()
+            await closed
 
 
 async def open_connection(address: BrokerAddress, reactor: Any) -> AMQPConnection:

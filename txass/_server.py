@@ -141,6 +141,8 @@ class Server:
         # known by (generation, delivery tag), because delivery tags start
         # again at 1 on each channel.
         self._generation = 0
+        # Whether the broker is resuming this server now.
+        self._resuming = False
         self._in_flight: dict[tuple[int, int], defer.Deferred[None]] = {}
         # Requests requeued when the grace period ran out, or left on a
         # channel that closed; their handlers may still finish, but must not
@@ -162,11 +164,12 @@ class Server:
         Set the prefetch limit and start consuming the request queue.
         """
         generation = self._generation
-        await self._consumer.set_prefetch(self.prefetch)
-        self._consumer.when_closed().addCallback(self._on_channel_closed, generation)
-        self._consumer_tag = await self._consumer.consume(
+        consumer = self._consumer
+        await consumer.set_prefetch(self.prefetch)
+        consumer.when_closed().addCallback(self._on_channel_closed, generation)
+        self._consumer_tag = await consumer.consume(
             self.topology.queue,
-            lambda delivery: self._on_delivery(delivery, generation),
+            lambda delivery: self._on_delivery(delivery, generation, consumer),
             on_cancelled=self._on_cancelled,
         )
         self.state = "running"
@@ -273,9 +276,19 @@ class Server:
         if key[0] == self._generation:
             self._consumer.reject(key[1], requeue=requeue)
 
-    def _on_delivery(self, delivery: Delivery, generation: int) -> None:
+    def _on_delivery(self, delivery: Delivery, generation: int, consumer: ConsumerChannel) -> None:
         key = (generation, delivery.delivery_tag)
-        if self.state != "running" or generation != self._generation:
+        if generation != self._generation:
+            # A consumer this server no longer uses: its deliveries go back
+            # to the queue, and its channel is closed.
+            consumer.reject(delivery.delivery_tag, requeue=True)
+            self.log.warn(
+                "server of {service} received a request on a channel it no longer uses; closing it",
+                service=self.service,
+            )
+            defer.Deferred.fromCoroutine(consumer.close())
+            return
+        if self.state != "running":
             # Deliveries can still arrive between basic.cancel and its
             # cancel-ok; they go back to the queue for another server.
             self._reject(key, requeue=True)
