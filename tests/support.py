@@ -198,12 +198,15 @@ def rabbitmqctl(*arguments: str) -> str:
 
 class _ProxyServer(portforward.ProxyServer):
     def connectionMade(self) -> None:
-        proxy = self.factory.proxy  # type: ignore[attr-defined]
-        proxy.connections.add(self)
-        if proxy.frozen:
-            # A frozen network carries nothing, not even a new handshake.
-            self.transport.pauseProducing()
+        self.factory.proxy.connections.add(self)  # type: ignore[attr-defined]
         super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        # A frozen network carries nothing, not even a new handshake.  The
+        # base class resumes reading once it reaches the broker, so the
+        # bytes are dropped here instead.
+        if not self.factory.proxy.frozen:  # type: ignore[attr-defined]
+            super().dataReceived(data)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.factory.proxy.connections.discard(self)  # type: ignore[attr-defined]
@@ -251,6 +254,13 @@ class TCPProxy:
             connection.transport.pauseProducing()
             if connection.peer is not None:
                 connection.peer.transport.pauseProducing()
+
+    def thaw(self) -> None:
+        """
+        Forward again what new connections send; the connections frozen
+        before stay silent until cut.
+        """
+        self.frozen = False
 
     def close(self) -> defer.Deferred[None]:
         self.cut()

@@ -100,6 +100,7 @@ class Broker:
         # The broker's reason for blocking publishes, or None.
         self._blocked: str | None = None
         self._closing: defer.Deferred[None] | None = None
+        self._close_requested = False
         self._attach(connection)
 
     def _attach(self, connection: AMQPConnection) -> None:
@@ -159,7 +160,7 @@ class Broker:
         self._reconnecting = defer.Deferred.fromCoroutine(self._reconnect())
 
     async def _reconnect(self) -> None:
-        while self._closing is None:
+        while not self._close_requested:
             delay = self._retry_policy(self._attempt)
             self._attempt += 1
             self._waiting = defer.Deferred()
@@ -173,6 +174,9 @@ class Broker:
             except defer.CancelledError:
                 return
             except ConnectionFailed as e:
+                if self._close_requested:
+                    # Broker.close() cancelled the attempt.
+                    return
                 self.log.warn(
                     "reconnecting to {url} failed (attempt {attempt}): {error}",
                     url=self.address.safe_url(),
@@ -183,7 +187,7 @@ class Broker:
             finally:
                 self._retry_call = None
                 self._waiting = None
-            if self._closing is not None:
+            if self._close_requested:
                 await connection.close()
                 return
             self._attach(connection)
@@ -494,6 +498,9 @@ class Broker:
             closed; it never fails.
         """
         if self._closing is None:
+            # Set before _close() runs, which cancels a reconnection that
+            # must then see that the broker is closing.
+            self._close_requested = True
             self._closing = defer.Deferred.fromCoroutine(self._close())
         return when_done(self._closing)
 
