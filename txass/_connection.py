@@ -537,7 +537,7 @@ class AMQPChannel:
 
         self._call_when_closed(finished)
         self._raw.basic_cancel(consumer_tag, callback=finished)
-        # A broker that stopped answering must not hold up a stop.
+        # A broker that stopped responding must not delay a stop.
         await _wait_bounded(done, self._reactor)
 
     def ack(self, delivery_tag: int) -> None:
@@ -663,9 +663,9 @@ class AMQPConnection:
         protocol._impl.add_on_connection_blocked_callback(self._on_blocked)
         protocol._impl.add_on_connection_unblocked_callback(self._on_unblocked)
         # pika checks heartbeats only every interval + 5 s, so a dead peer
-        # can go unnoticed for two such periods; this watchdog drops the
-        # connection once nothing arrived for two heartbeat intervals.  The
-        # broker sends a heartbeat every half interval on an idle connection.
+        # can go unnoticed for two such periods.  This watchdog drops the
+        # connection once nothing arrived for two heartbeat intervals, which
+        # is safe because the broker sends a heartbeat every half interval.
         self.heartbeat: int = protocol._impl.params.heartbeat or 0
         self._watchdog: task.LoopingCall | None = None
         self._last_check = reactor.seconds()

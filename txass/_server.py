@@ -145,8 +145,8 @@ class Server:
         self._resuming = False
         self._in_flight: dict[tuple[int, int], defer.Deferred[None]] = {}
         # Requests requeued when the grace period ran out, or left on a
-        # channel that closed; their handlers may still finish, but must not
-        # reply to them or acknowledge them.
+        # channel that closed.  Their handlers may still finish, but must
+        # not reply to them or acknowledge them.
         self._abandoned: set[tuple[int, int]] = set()
         self._stopping: defer.Deferred[None] | None = None
         self._stopped: list[defer.Deferred[None]] = []
