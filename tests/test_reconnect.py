@@ -37,15 +37,21 @@ def fast_retry(attempt: int) -> float:
     return 0.1
 
 
+async def serve_through_proxy(testcase: unittest.TestCase) -> tuple[TCPProxy, txass.Broker, txass.Server, str]:
+    """
+    Serve a new service over a connection through a proxy of the test's
+    own, on a broker that reconnects after 0.1 s.
+    """
+    name = unique_name("reconnect")
+    remove_after(testcase, name)
+    proxy = TCPProxy(testcase)
+    broker = await connect(testcase, proxy.url)
+    broker._retry_policy = fast_retry
+    server = await broker.service(name).react(Echo, grace=0)
+    return proxy, broker, server, name
+
+
 class ProxyCutTests(unittest.TestCase):
-    async def through_proxy(self) -> tuple[TCPProxy, txass.Broker, txass.Server, str]:
-        name = unique_name("reconnect")
-        remove_after(self, name)
-        proxy = TCPProxy(self)
-        broker = await connect(self, proxy.url)
-        broker._retry_policy = fast_retry
-        server = await broker.service(name).react(Echo, grace=0)
-        return proxy, broker, server, name
 
     async def test_server_and_rpc_resume(self) -> None:
         """
@@ -53,7 +59,7 @@ class ProxyCutTests(unittest.TestCase):
         the server consumes again with exactly one consumer, and RPC calls
         succeed.
         """
-        proxy, broker, server, name = await self.through_proxy()
+        proxy, broker, server, name = await serve_through_proxy(self)
         rpc = broker.rpc(name)
         self.assertEqual(await within(rpc.call("echo", "first")), "first")
         for round in range(3):
@@ -69,7 +75,7 @@ class ProxyCutTests(unittest.TestCase):
         When an RPC call is made while the broker reconnects, then it waits
         for the new connection and gets its reply.
         """
-        proxy, broker, server, name = await self.through_proxy()
+        proxy, broker, server, name = await serve_through_proxy(self)
         broker._retry_policy = lambda attempt: 0.5
         rpc = broker.rpc(name)
         self.assertEqual(await within(rpc.call("echo", 1)), 1)
@@ -84,7 +90,7 @@ class ProxyCutTests(unittest.TestCase):
         When the connection of a keyed client is cut, then it consumes its
         result queue again and receives results.
         """
-        proxy, broker, server, name = await self.through_proxy()
+        proxy, broker, server, name = await serve_through_proxy(self)
         remove_after(self, name, client_keys=["k"])
         results = Results()
         client = await broker.service(name).client(key="k").react(results)
@@ -106,7 +112,7 @@ class ProxyCutTests(unittest.TestCase):
         When the connection is cut on a reconnecting broker, then
         when_closed() does not fire; it fires once close() is called.
         """
-        proxy, broker, server, name = await self.through_proxy()
+        proxy, broker, server, name = await serve_through_proxy(self)
         closed = broker.when_closed()
         proxy.cut()
         await wait_until(lambda: server.state == "running" and broker.is_open and server._generation == 1)
@@ -257,22 +263,13 @@ class RaceTests(unittest.TestCase):
         When each new connection is lost soon after it opened, then the
         attempt count keeps growing, so the delays keep backing off.
         """
-        proxy, broker, server = await self.proxied_server()
+        proxy, broker, server, _ = await serve_through_proxy(self)
         for expected in (1, 2):
             generation = server._generation
             proxy.cut()
             await wait_until(lambda: server.state == "running" and server._generation > generation)
             self.assertEqual(broker._attempt, expected)
         self.flushLoggedErrors()
-
-    async def proxied_server(self) -> tuple[TCPProxy, txass.Broker, txass.Server]:
-        name = unique_name("reconnect")
-        remove_after(self, name)
-        proxy = TCPProxy(self)
-        broker = await connect(self, proxy.url)
-        broker._retry_policy = fast_retry
-        server = await broker.service(name).react(Echo, grace=0)
-        return proxy, broker, server
 
 
 class ChannelLossTests(unittest.TestCase):
