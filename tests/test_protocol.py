@@ -20,6 +20,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from twisted.internet import defer, threads
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 import txass
@@ -443,14 +444,19 @@ class ErrorReplyTests(ProtocolTestCase):
 
     async def test_invalid_envelopes(self) -> None:
         """
-        When the body is not UTF-8, not an object, lacks a method or has a
-        meta that is not an object, or the content type is not JSON, then
-        the reply is an InvalidRequest error.
+        When the body is not UTF-8, empty, truncated JSON, not an object,
+        lacks a method or has a meta that is not an object, or the content
+        type is not JSON, then the reply is an InvalidRequest error, and the
+        server logs one error naming the request's message id.
         """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         name, _, _ = await self.serve()
         cases = [
             (b"\xff\xfe", CONTENT_TYPE),
             (b"", CONTENT_TYPE),
+            (b'{"method": "double", "data": [1, 2', CONTENT_TYPE),
             (b"[1, 2]", CONTENT_TYPE),
             (b'{"data": 1}', CONTENT_TYPE),
             (b'{"method": "", "data": 1}', CONTENT_TYPE),
@@ -465,6 +471,12 @@ class ErrorReplyTests(ProtocolTestCase):
 
             assert reply is not None, f"no reply for {body!r} as {content_type}"
             self.assertEqual(reply.envelope()["error"]["type"], "InvalidRequest", (body, content_type))
+            logged = [
+                event
+                for event in events
+                if event.get("message_id") == properties["message_id"] and event.get("log_level") == LogLevel.error
+            ]
+            self.assertEqual(len(logged), 1, (body, content_type))
 
     async def test_invalid_request_acked(self) -> None:
         """

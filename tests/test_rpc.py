@@ -142,6 +142,16 @@ class ResultTests(RPCTestCase):
         value = {"text": "Grüße, 世界, 🐇", "list": [1.5, None, True]}
         self.assertEqual(await within(broker.rpc(name).call("echo", value)), value)
 
+    async def test_unicode_method_name(self) -> None:
+        """
+        When a mapping handler exposes a method name outside ASCII, then a
+        call to it returns its result, with meta unchanged.
+        """
+        broker, name = await self.serve({"grüßen": lambda value: f"grüß dich, {value}", "💬": lambda value: value})
+        rpc = broker.rpc(name)
+        self.assertEqual(await within(rpc.call("grüßen", "Ada")), "grüß dich, Ada")
+        self.assertEqual(await within(rpc.call("💬", "🐇", meta={"ключ": "значение"})), "🐇")
+
     async def test_meta(self) -> None:
         """
         When a call passes meta, then the handler reads it from the request.
