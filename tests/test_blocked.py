@@ -58,7 +58,8 @@ class BlockedBrokerTests(unittest.TestCase):
             error = e
         else:
             self.fail("the call succeeded while the broker blocked publishing")
-        self.assertGreaterEqual(time.monotonic() - started, 0.5)
+        # The reactor's clock and time.monotonic() may differ slightly.
+        self.assertGreaterEqual(time.monotonic() - started, 0.45)
         self.assertIsInstance(error, txass.CallTimeout)
         self.assertIn("memory", error.reason)
         self.assertIn("not sent", str(error))

@@ -453,7 +453,8 @@ class TimeoutTests(RPCTestCase):
         self.assertIn(name, str(error))
         self.assertIn("hold", str(error))
         self.assertIn("0.3 s", str(error))
-        self.assertGreaterEqual(elapsed, 0.3)
+        # The reactor's clock and time.monotonic() may differ slightly.
+        self.assertGreaterEqual(elapsed, 0.25)
         self.assertLess(elapsed, 5)
         self.assertEqual(rpc.pending, 0)
 
