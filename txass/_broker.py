@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from txass._client import Client
-from txass._connection import AMQPChannel, AMQPConnection, BrokerAddress, open_connection, parse_url
+from txass._connection import TERMINAL_REPLY_CODES, AMQPChannel, AMQPConnection, BrokerAddress, open_connection, parse_url
 from txass._handler import make_dispatcher
 from txass._rpc import DEFAULT_TIMEOUT, RPCClient, _Caller, check_timeout
 from txass._server import DEFAULT_MAX_REQUEST_SIZE, Server
@@ -37,11 +37,6 @@ CHANNEL_RETRY_DELAY = 1.0
 # from the first delay again, so that a connection dropped soon after each
 # reconnection still backs off.
 STABLE_CONNECTION = 30.0
-
-# AMQP reply codes with which the broker refuses what a server needs for
-# good: access refused (403) and a queue that exists with other arguments
-# (406).  A server that gets them while resuming stops.
-TERMINAL_REPLY_CODES = frozenset({403, 406})
 DEFAULT_GRACE = 30.0
 
 # The AMQP reply code for a missing queue or exchange.
@@ -248,7 +243,11 @@ class Broker:
                     await consumer.close()
                     raise
             except ConnectionLost:
-                # The reconnection resumes it.
+                if self._reconnecting is None and self._connection.is_open:
+                    # A reconnection finished while this attempt waited,
+                    # and skipped this server because it was resuming.
+                    self._later(CHANNEL_RETRY_DELAY, self._resume_server, server)
+                # Otherwise the reconnection resumes it.
                 return
             except ChannelClosed as e:
                 if e.reply_code in TERMINAL_REPLY_CODES:
@@ -515,9 +514,10 @@ class Broker:
         failed, self._connected_waiters = self._connected_waiters, []
         for waiter in failed:
             waiter.errback(ConnectionLost("Broker.close() was called"))
-        for caller in list(self._callers.values()):
-            await caller.close()
-        stops = [server.stop() for server in list(self._servers)]
+        # Each close waits for the broker at most a few seconds, so they run
+        # side by side rather than add up.
+        stops = [defer.Deferred.fromCoroutine(caller.close()) for caller in list(self._callers.values())]
+        stops += [server.stop() for server in list(self._servers)]
         stops += [client.stop() for client in list(self._clients)]
         if stops:
             await defer.DeferredList(stops, consumeErrors=True)

@@ -12,7 +12,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from txass import _envelope
-from txass._connection import AMQPChannel, Delivery, MessageProperties
+from txass._connection import TERMINAL_REPLY_CODES, AMQPChannel, Delivery, MessageProperties
 from txass._context import RequestContext, run_in_context
 from txass._handler import Dispatcher, call_handler, make_dispatcher
 from txass._server import PERSISTENT, new_message_id
@@ -199,12 +199,24 @@ class Client:
         resumed = defer.Deferred.fromCoroutine(self._react(self._dispatcher, self._prefetch))
 
         def failed(failure: Failure) -> None:
-            if failure.check(ConnectionLost):
-                self._interrupted = True
+            self._interrupted = True
+            error = failure.value
+            if isinstance(error, ChannelClosed) and error.reply_code in TERMINAL_REPLY_CODES:
+                self._interrupted = False
+                self.log.failure(
+                    "the client of {queue} cannot consume its results again", failure, queue=self.queue
+                )
                 return
-            self.log.failure(
-                "the client of {queue} cannot consume its results again", failure, queue=self.queue
-            )
+            if not failure.check(ConnectionLost):
+                self.log.warn(
+                    "the client of {queue} could not consume its results again: {error}; retrying",
+                    queue=self.queue,
+                    error=failure.value,
+                )
+            if self._broker.is_open and self._broker._reconnecting is None:
+                # Retried here, since a reconnection that finished meanwhile
+                # will not resume this client again.
+                self._broker._later(CHANNEL_RETRY_DELAY, self._resume)
 
         resumed.addCallbacks(
             lambda _: self.log.info("receiving results from {queue} again", queue=self.queue), failed

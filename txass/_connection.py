@@ -46,6 +46,12 @@ URL_ENVIRONMENT_VARIABLE = "TXASS_BROKER_URL"
 # message, failing every other publish in flight on it.
 MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 
+# AMQP reply codes with which the broker refuses a consumer or declaration
+# for good: access refused (403) and a queue that exists with other
+# arguments (406).  A server or client that gets them while consuming again
+# stops; other codes, such as 404 for a deleted queue, are retried.
+TERMINAL_REPLY_CODES = frozenset({403, 406})
+
 # AMQP reply codes the broker sends when it rejects the handshake.
 _ACCESS_REFUSED = 403
 _NOT_ALLOWED = 530
