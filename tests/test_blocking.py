@@ -283,7 +283,7 @@ class ReactorThreadTests(BlockingTestCase):
     async def test_call_in_reactor_thread(self) -> None:
         """
         When a call is made in the reactor thread, then it raises
-        ReactorThreadError at once, which tells the caller to use the
+        ReactorThreadError at once, whose message points the caller to the
         Deferred API.
         """
         client = await self.blocking_client(await self.serve(Echo))

@@ -444,10 +444,11 @@ class ErrorReplyTests(ProtocolTestCase):
 
     async def test_invalid_envelopes(self) -> None:
         """
-        When the body is not UTF-8, empty, truncated JSON, not an object,
-        lacks a method or has a meta that is not an object, or the content
-        type is not JSON, then the reply is an InvalidRequest error, and the
-        server logs one error naming the request's message id.
+        When a request cannot be decoded, then the reply is an InvalidRequest
+        error, and the server logs one error with the request's message id.
+        The cases: a body that is not UTF-8, empty, truncated JSON, not an
+        object, without a method or with a meta that is not an object, and
+        a content type that is not JSON.
         """
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)

@@ -3,7 +3,7 @@ Tests of reconnection: servers, clients and RPC clients go on after the
 connection drops, the broker restarts, or a channel or consumer is closed.
 
 Connections are cut with a TCP proxy of the test's own, and restarts use a
-RabbitMQ node of the test's own; the shared broker is never disturbed.
+RabbitMQ node of the test's own, so the shared broker is never disturbed.
 """
 
 from __future__ import annotations

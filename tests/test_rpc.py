@@ -35,7 +35,7 @@ from tests.support import (
 
 class Calculator:
     """
-    A handler whose methods answer at once, later, never, or by failing.
+    A handler whose methods return at once, later, never, or raise.
     """
 
     # Deferreds of calls to "hold", fired by the tests.
@@ -135,7 +135,7 @@ class ResultTests(RPCTestCase):
 
     async def test_unicode_round_trip(self) -> None:
         """
-        When data holds text outside ASCII, then the result holds it
+        When data contains text outside ASCII, then the result contains it
         unchanged.
         """
         broker, name = await self.serve()
@@ -174,7 +174,7 @@ class ResultTests(RPCTestCase):
     async def test_concurrent_calls_through_three_servers(self) -> None:
         """
         When 300 calls are in flight at once through three servers, then
-        each call fires with the answer to its own request.
+        each call fires with the result of its own request.
         """
         broker, name = await self.serve(servers=3)
         rpc = broker.rpc(name)
@@ -186,7 +186,7 @@ class ResultTests(RPCTestCase):
     async def test_clients_share_one_caller(self) -> None:
         """
         When several RPC clients of one service call at once, then each
-        call fires with its own answer and all share the pending count.
+        call fires with its own result and all share the pending count.
         """
         broker, name = await self.serve()
         first, second = broker.rpc(name), broker.rpc(name, timeout=5)
@@ -363,7 +363,7 @@ class ConfirmLimitTests(RPCTestCase):
     async def test_calls_wait_for_confirms(self) -> None:
         """
         When more calls are made at once than may wait for confirms, then
-        the rest wait unsent and every call still gets its answer.
+        the rest wait unsent and every call still gets its result.
         """
         self.patch(txass._rpc, "MAX_UNCONFIRMED", 2)
         broker, name = await self.serve(prefetch=50)
@@ -470,7 +470,7 @@ class TimeoutTests(RPCTestCase):
     async def test_late_reply_dropped(self) -> None:
         """
         When a reply arrives after its call timed out, then it is dropped
-        with a debug log line, and the next call gets its own answer.
+        with a debug log line, and the next call gets its own result.
         """
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
@@ -641,7 +641,7 @@ class MissingServiceTests(RPCTestCase):
     async def test_queue_without_server(self) -> None:
         """
         When the service queue exists but no server runs, then the request
-        waits and a server started later answers it.
+        waits and a server started later serves it.
         """
         name = unique_name("later")
         remove_after(self, name)

@@ -329,7 +329,7 @@ class _Caller:
             return None
         call.stop_timer()
         if call.waiter is not None and not call.waiter.called:
-            # Ends the wait of its _send, which then sees the call is gone.
+            # Ends the wait of its _send, which then finds the call gone.
             call.waiter.callback(None)
         remaining = self._pending_by_service[call.service] - 1
         if remaining:

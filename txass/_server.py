@@ -88,7 +88,8 @@ def _can_return(reply_to: str) -> bool:
 
     RabbitMQ returns a mandatory message sent to a direct reply-to
     destination as unroutable even when it delivers it, so such replies
-    are published without the flag; one whose caller is gone is dropped.
+    are published without the flag.  The broker drops one whose caller is
+    gone.
     """
     return not reply_to.startswith(DIRECT_REPLY_PREFIX)
 

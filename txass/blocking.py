@@ -75,8 +75,8 @@ def connect(url: str | None = None, *, timeout: float = 30.0, reconnect: bool = 
     @param timeout: Seconds to wait at most, including the start of the
         reactor.
     @param reconnect: Whether the broker connects again, with exponential
-        backoff and jitter, when the connection is lost after it was open;
-        calls made in the meantime wait for the connection within their
+        backoff and jitter, when the connection is lost after it was open.
+        Calls made in the meantime wait for the connection within their
         timeout.  Without it, a lost connection stays closed: calls raise
         L{txass.ConnectionLost} at once, and only the L{BlockingBroker}
         object remains.
