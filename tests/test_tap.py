@@ -20,7 +20,7 @@ from twisted.trial import unittest
 
 import txass
 from tests import support
-from tests.stages import holding
+from tests.stages import crashing, holding
 from txass._tap import Options
 
 # A loopback address where nothing listens, so any connection is refused.
@@ -34,6 +34,7 @@ QUICK_EXIT = 10.0
 POLL_INTERVAL = 0.05
 
 HOLDER = "tests.stages.holding.Holder"
+CRASHER = "tests.stages.crashing.Crasher"
 
 
 class TwistdProcess(protocol.ProcessProtocol):
@@ -341,6 +342,34 @@ class OptionsTests(unittest.TestCase):
                 with self.assertRaises(usage.UsageError) as caught:
                     parse("--service", "echo", "--reactor", "examples.echo.Echo", "--max-request-size", value)
                 self.assertIn("--max-request-size", str(caught.exception))
+
+    def test_retry_options(self) -> None:
+        """
+        --retry-delay turns on a retry policy with the backoff and maximum
+        delay given, and without it failed requests are not retried.
+        """
+        base = ["--service", "echo", "--reactor", "examples.echo.Echo"]
+        self.assertIsNone(parse(*base)["retry"])
+        options = parse(*base, "--retry-delay", "0.5", "--retry-backoff", "3", "--retry-max-delay", "60")
+        self.assertEqual(options["retry"], txass.Retry(delay=0.5, backoff=3.0, max_delay=60.0))
+        for arguments in (["--retry-delay", "-1"], ["--retry-delay", "1", "--retry-backoff", "0.5"]):
+            with self.subTest(arguments=arguments):
+                with self.assertRaises(usage.UsageError) as caught:
+                    parse(*base, *arguments)
+                self.assertIn("--retry-delay", str(caught.exception))
+
+    def test_max_attempts(self) -> None:
+        """
+        --max-attempts accepts 1 to 1000 and defaults to 5.
+        """
+        base = ["--service", "echo", "--reactor", "examples.echo.Echo"]
+        self.assertEqual(parse(*base)["max-attempts"], 5)
+        self.assertEqual(parse(*base, "--max-attempts", "1000")["max-attempts"], 1000)
+        for value in ["0", "1001", "two"]:
+            with self.subTest(value=value):
+                with self.assertRaises(usage.UsageError) as caught:
+                    parse(*base, "--max-attempts", value)
+                self.assertIn("--max-attempts", str(caught.exception))
 
     async def test_help(self) -> None:
         """
@@ -907,3 +936,45 @@ class ShutdownTests(unittest.TestCase):
         self.assertEqual(value["label"], "killed")
         self.assertEqual(value["pid"], os.getpid())
         self.assertIs(value["redelivered"], True)
+        self.assertEqual(value["attempt"], 2)
+
+
+class PoisonRequestTests(unittest.TestCase):
+    """
+    A request that ends its server process every time it is served.
+    """
+
+    timeout = 90
+
+    async def test_crashing_request_dead_lettered(self) -> None:
+        """
+        When a request ends its stage's process on every attempt, then after
+        the maximum number of attempts the next stage moves it to the
+        dead-letter queue without serving it, replies with
+        RequestDeadLettered, and keeps running.
+        """
+        service = support.unique_name("tap-poison")
+        dead_letter_queue = f"{service}.dead-letter"
+        support.remove_after(self, service, queues=[dead_letter_queue])
+        broker = await support.connect(self)
+        results = support.Results()
+        client = broker.service(service).client()
+        await client.react(callbacks(results, "crash"))
+        await client.call("crash", None)
+
+        for _ in range(2):
+            crashed = start_stage(self, service, CRASHER, "--max-attempts", "2")
+            await crashed.wait_for_end(QUICK_EXIT * 3)
+            self.assertEqual(crashed.exit_code, crashing.CRASH_STATUS, crashed.stdout)
+        survivor = start_stage(self, service, CRASHER, "--max-attempts", "2")
+        await results.wait_for(1)
+        [(_, value, _)] = results.received
+
+        self.assertIsInstance(value, txass.RemoteError)
+        self.assertEqual(value.type, "RequestDeadLettered")
+        self.assertIn("did not finish in 2 of 2 attempts", value.message)
+        self.assertEqual(await support.message_count(self, dead_letter_queue), 1)
+        self.assertEqual(await support.message_count(self, service), 0)
+        self.assertIsNone(survivor.status)
+        await survivor.stop()
+        self.assertEqual(survivor.exit_code, 0, survivor.stdout)

@@ -18,7 +18,8 @@ from twisted.internet import defer
 from txass._broker import Broker, Service
 from txass._client import Client
 from txass._connection import DEFAULT_URL, InvalidURL, open_connection, parse_url
-from txass._context import RequestContext, current_request
+from txass._context import RequestContext, current_request, in_thread
+from txass._policy import Retry
 from txass._rpc import RPCClient
 from txass._server import Server
 from txass.errors import (
@@ -38,6 +39,7 @@ from txass.errors import (
     NoCurrentRequest,
     PublishFailed,
     RemoteError,
+    RequestDeadLettered,
     RequestTooLarge,
     ServiceNotFound,
     TxassError,
@@ -50,12 +52,14 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "connect",
     "current_request",
+    "in_thread",
     "Broker",
     "Service",
     "Server",
     "Client",
     "RPCClient",
     "RequestContext",
+    "Retry",
     "DEFAULT_URL",
     "TxassError",
     "ConnectionFailed",
@@ -79,6 +83,7 @@ __all__ = [
     "EncodingError",
     "RemoteError",
     "NoCurrentRequest",
+    "RequestDeadLettered",
 ]
 
 

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from txass._client import Client
 from txass._connection import TERMINAL_REPLY_CODES, AMQPChannel, AMQPConnection, BrokerAddress, open_connection, parse_url
 from txass._handler import make_dispatcher
+from txass._policy import DEFAULT_MAX_ATTEMPTS, Retry, check_max_attempts
 from txass._rpc import DEFAULT_TIMEOUT, RPCClient, _Caller, check_timeout
 from txass._server import DEFAULT_MAX_REQUEST_SIZE, Server
 from txass._topology import Topology
@@ -423,6 +424,41 @@ class Broker:
         if queue is not None:
             self._declarations.pop(("queue", queue), None)
 
+    async def _declare_server_queue(self, topology: Topology, queue: str, again: bool) -> None:
+        """
+        Declare a queue that a server of C{topology} publishes requests to
+        (once per connection, or anew when C{again}): the service queue,
+        its dead-letter queue, or one of its retry queues.
+        """
+        if queue == topology.queue:
+            if again:
+                self._forget_declarations(topology, None)
+            await self._declare_service(topology)
+            return
+        if again:
+            self._forget_declarations(None, queue)
+        if queue == topology.dead_letter_queue:
+            arguments = None
+        else:
+            milliseconds = int(queue.rpartition(".")[2])
+            # A quorum queue dead-letters at least once: it keeps a request
+            # until the service queue has confirmed it.  A classic queue
+            # could lose it if the broker stopped at that moment.
+            arguments = {
+                "x-queue-type": "quorum",
+                "x-message-ttl": milliseconds,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": topology.queue,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            }
+
+        async def declare() -> None:
+            async with self._declaring() as channel:
+                await channel.declare_queue(queue, durable=True, arguments=arguments)
+
+        await self._declare_once("queue", queue, declare)
+
     async def _declare_result_queue(self, queue: str, *, durable: bool) -> None:
         """
         Declare a client's result queue, once per connection: durable for a
@@ -435,15 +471,15 @@ class Broker:
 
         await self._declare_once("queue", queue, declare)
 
-    async def _start_server(self, topology: Topology, handler: Any, prefetch: int, grace: float | None, send_tracebacks: bool, max_request_size: int) -> Server:
+    async def _start_server(self, topology: Topology, handler: Any, options: dict[str, Any]) -> Server:
         try:
-            server = await self._start_server_once(topology, handler, prefetch, grace, send_tracebacks, max_request_size)
+            server = await self._start_server_once(topology, handler, options)
         except ChannelClosed as e:
             if e.reply_code != NOT_FOUND:
                 raise
             # The service queue was deleted since this connection declared it.
             self._forget_declarations(topology, None)
-            server = await self._start_server_once(topology, handler, prefetch, grace, send_tracebacks, max_request_size)
+            server = await self._start_server_once(topology, handler, options)
         if self._closing is not None:
             # Broker.close() ran while the server started, so it did not
             # drain this one.
@@ -451,9 +487,7 @@ class Broker:
             raise ConnectionLost("Broker.close() was called while the server was starting")
         return server
 
-    async def _start_server_once(
-        self, topology: Topology, handler: Any, prefetch: int, grace: float | None, send_tracebacks: bool, max_request_size: int
-    ) -> Server:
+    async def _start_server_once(self, topology: Topology, handler: Any, options: dict[str, Any]) -> Server:
         dispatcher = make_dispatcher(handler)
         await self._declare_service(topology)
         consumer = await self._open_channel()
@@ -468,11 +502,9 @@ class Broker:
                 broker=self,
                 consumer=consumer,
                 publisher=publisher.get,
-                prefetch=prefetch,
-                grace=grace,
-                send_tracebacks=send_tracebacks,
-                max_request_size=max_request_size,
+                declare_queue=lambda queue, again: self._declare_server_queue(topology, queue, again),
                 reactor=self._reactor,
+                **options,
             )
             await server.start()
         except Exception:
@@ -562,6 +594,8 @@ class Service:
         grace: float | None = DEFAULT_GRACE,
         send_tracebacks: bool = False,
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
+        retry: Retry | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> defer.Deferred[Server]:
         """
         Serve this service's requests with C{handler}.
@@ -581,6 +615,16 @@ class Service:
         @param max_request_size: The maximum size of a request body in
             bytes.  A larger request gets a C{RequestTooLarge} error reply
             without being decoded.
+        @param retry: What to do when the handler fails: L{None} replies
+            with the error and acknowledges the request; a L{Retry} serves
+            the request again after a delay, and after C{max_attempts}
+            attempts moves it to the queue C{<service>.dead-letter} with
+            its error in headers, and replies with the error.
+        @param max_attempts: How many attempts a request gets in all.  A
+            request whose delivery never finished (its server crashed or
+            lost its connection) that many times, or that the handler
+            resent that many times, goes to the dead-letter queue too,
+            whatever C{retry} says.
         @return: A Deferred that fires with the L{Server} once it consumes.
             It fails with L{txass.errors.ChannelClosed} when the broker
             refuses the declarations (for example a queue of that name
@@ -592,10 +636,19 @@ class Service:
             raise ValueError(f"grace must be a number of seconds >= 0 or None, not {grace!r}")
         if isinstance(max_request_size, bool) or not isinstance(max_request_size, int) or max_request_size < 1:
             raise ValueError(f"max_request_size must be a number of bytes >= 1, not {max_request_size!r}")
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f"retry must be a txass.Retry or None, not {retry!r}")
+        check_max_attempts(max_attempts)
         make_dispatcher(handler)
-        return defer.Deferred.fromCoroutine(
-            self.broker._start_server(self.topology, handler, prefetch, grace, send_tracebacks, max_request_size)
-        )
+        options = {
+            "prefetch": prefetch,
+            "grace": grace,
+            "send_tracebacks": send_tracebacks,
+            "max_request_size": max_request_size,
+            "retry": retry,
+            "max_attempts": max_attempts,
+        }
+        return defer.Deferred.fromCoroutine(self.broker._start_server(self.topology, handler, options))
 
     def client(self, *, key: str | None = None) -> Client:
         """

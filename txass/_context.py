@@ -11,13 +11,33 @@ its own context, whatever the kind of handler.
 from __future__ import annotations
 
 import contextvars
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from txass.errors import NoCurrentRequest
+from twisted.internet import defer, threads
+
+from txass._policy import delay_milliseconds
+from txass.errors import NoCurrentRequest, TxassError
 
 if TYPE_CHECKING:
     from txass._broker import Broker
+
+
+@dataclass(slots=True)
+class Disposition:
+    """
+    The handler's choice for its request in place of a reply.
+
+    @ivar action: C{"resend"}, C{"discard"}, or L{None} for the usual
+        reply and acknowledgement.
+    @ivar delay: Seconds to wait before a resent request is served again,
+        or L{None} for the service's own delay.
+    """
+
+    action: str | None = None
+    delay: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +53,14 @@ class RequestContext:
     @ivar reply_to: Where the reply goes, or L{None} for a cast or a result.
     @ivar headers: The AMQP headers table (empty when absent).
     @ivar meta: The caller's C{meta} dict from the request envelope.
-    @ivar redelivered: Whether the broker delivered this message before, to
-        this or another consumer, without it being acknowledged.
+    @ivar redelivered: Whether this request may have been handled before:
+        an earlier attempt failed, was resent, or never finished (its
+        server crashed or lost its connection).  For a result, whether the
+        broker delivered it before without it being acknowledged.
     @ivar broker: The L{Broker} the message arrived on, for calling other
         services.
+    @ivar attempt: Which attempt at serving the request this is: 1 the
+        first time, 2 after one failed or unfinished attempt, and so on.
     """
 
     service: str
@@ -48,6 +72,45 @@ class RequestContext:
     meta: dict[str, Any] = field(default_factory=dict)
     redelivered: bool = False
     broker: Broker | None = None
+    attempt: int = 1
+    disposition: Disposition | None = field(default=None, repr=False, compare=False)
+
+    def _disposition(self, what: str) -> Disposition:
+        if self.disposition is None:
+            raise TxassError(f"{what}() works only on a request that a server is serving, not on a result")
+        return self.disposition
+
+    def resend(self, delay: float | None = None) -> None:
+        """
+        Put the request back in the queue, to be served again later, instead
+        of replying to it.
+
+        Call it from the handler or its C{on_error} hook; the handler's
+        result or error is then ignored.  The resent request counts as an
+        attempt: once the service's maximum number of attempts is reached,
+        it goes to the service's dead-letter queue and the caller gets an
+        error reply.
+
+        @param delay: Seconds to wait first, rounded to two significant
+            digits; the service's retry delay for the next attempt when not
+            given.
+        """
+        if delay is not None:
+            delay_milliseconds(delay)
+        disposition = self._disposition("resend")
+        disposition.action = "resend"
+        disposition.delay = delay
+
+    def discard(self) -> None:
+        """
+        Acknowledge the request without replying to it.
+
+        Call it from the handler or its C{on_error} hook; the handler's
+        result or error is then ignored and the caller gets no reply.
+        """
+        disposition = self._disposition("discard")
+        disposition.action = "discard"
+        disposition.delay = None
 
 
 _current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("txass_request")
@@ -82,3 +145,30 @@ def run_in_context(request: RequestContext, function: Any, *args: Any) -> Any:
     context = contextvars.copy_context()
     context.run(_current.set, request)
     return context.run(function, *args)
+
+
+T = TypeVar("T")
+
+
+def in_thread(function: Callable[..., T]) -> Callable[..., defer.Deferred[T]]:
+    """
+    Decorate a handler method, or a result callback, so that it runs in the
+    reactor's thread pool and may block.
+
+    The decorated callable returns a Deferred of the function's result.  It
+    runs in a copy of the caller's context, so L{current_request} works in
+    the thread, and L{RequestContext.resend} and L{RequestContext.discard}
+    may be called there.  The reactor goes on serving other requests
+    meanwhile; the pool has 10 threads unless the application resizes it
+    with C{reactor.suggestThreadPoolSize}.
+    """
+
+    @functools.wraps(function)
+    def run(*arguments: Any, **keywords: Any) -> defer.Deferred[T]:
+        from twisted.internet import reactor
+
+        context = contextvars.copy_context()
+        pool = reactor.getThreadPool()
+        return threads.deferToThreadPool(reactor, pool, context.run, function, *arguments, **keywords)
+
+    return run

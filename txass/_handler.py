@@ -11,7 +11,9 @@ L{make_dispatcher} accepts four kinds of handler:
 
 A method name is reachable only if it does not start with C{_}, names an
 attribute the handler has itself (nothing inherited from C{object}), and that
-attribute is callable.  These checks look at the class or module without
+attribute is callable.  C{on_error} is never reachable: it names the
+handler's hook for failed requests, which a server calls as
+C{on_error(exception, request)}.  These checks look at the class or module without
 running handler code, so a rejected name runs none: no constructor, no
 property, no C{__getattr__}.
 """
@@ -30,6 +32,9 @@ from txass.errors import InvalidHandler, MethodNotFound
 
 _MISSING = object()
 
+# The name of a handler's error hook, which requests cannot call.
+ERROR_HOOK = "on_error"
+
 
 def _check_public(name: object, *, identifier: bool = True) -> str:
     if not isinstance(name, str) or not name:
@@ -38,6 +43,8 @@ def _check_public(name: object, *, identifier: bool = True) -> str:
         raise MethodNotFound(f"method {name!r} is private: names starting with '_' cannot be called")
     if identifier and not name.isidentifier():
         raise MethodNotFound(f"method {name!r} is not a Python identifier")
+    if name == ERROR_HOOK:
+        raise MethodNotFound(f"method {name!r} is the handler's error hook and cannot be called")
     return name
 
 
@@ -69,8 +76,25 @@ class Dispatcher:
         """
         raise NotImplementedError
 
+    def error_hook(self, function: Callable[..., Any] | None) -> Callable[..., Any] | None:
+        """
+        Return the handler's C{on_error} hook, or L{None} when it has none.
+
+        @param function: The callable that served the request, when known:
+            for a class handler, the hook of the same instance is returned.
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} for {self.description}>"
+
+
+def _hook_of(owner: Any) -> Callable[..., Any] | None:
+    attribute = inspect.getattr_static(owner, ERROR_HOOK, _MISSING)
+    if attribute is _MISSING or not (callable(attribute) or isinstance(attribute, (staticmethod, classmethod))):
+        return None
+    hook: Callable[..., Any] = getattr(owner, ERROR_HOOK)
+    return hook
 
 
 class _ClassDispatcher(Dispatcher):
@@ -80,6 +104,19 @@ class _ClassDispatcher(Dispatcher):
         method: Callable[..., Any] = getattr(instance, name)
         return method
 
+    def error_hook(self, function: Callable[..., Any] | None) -> Callable[..., Any] | None:
+        if _hook_of(self.handler) is None:
+            return None
+        instance = getattr(function, "__self__", None)
+        if not isinstance(instance, self.handler):
+            # The request failed before or without an instance of its own
+            # (a static method served it, or its constructor raised).
+            try:
+                instance = self.handler()
+            except Exception:
+                return None
+        return _hook_of(instance)
+
 
 class _ObjectDispatcher(Dispatcher):
     def resolve(self, name: str) -> Callable[..., Any]:
@@ -88,6 +125,9 @@ class _ObjectDispatcher(Dispatcher):
         if not callable(method):
             raise MethodNotFound(f"{self.description} attribute {name!r} is not callable")
         return method
+
+    def error_hook(self, function: Callable[..., Any] | None) -> Callable[..., Any] | None:
+        return _hook_of(self.handler)
 
 
 class _ModuleDispatcher(Dispatcher):
@@ -113,6 +153,10 @@ class _ModuleDispatcher(Dispatcher):
         result: Callable[..., Any] = function
         return result
 
+    def error_hook(self, function: Callable[..., Any] | None) -> Callable[..., Any] | None:
+        hook = self.handler.__dict__.get(ERROR_HOOK)
+        return hook if inspect.isroutine(hook) else None
+
 
 class _MappingDispatcher(Dispatcher):
     def resolve(self, name: str) -> Callable[..., Any]:
@@ -124,6 +168,10 @@ class _MappingDispatcher(Dispatcher):
             raise MethodNotFound(f"{self.description} entry {name!r} is not callable")
         result: Callable[..., Any] = function
         return result
+
+    def error_hook(self, function: Callable[..., Any] | None) -> Callable[..., Any] | None:
+        hook = self.handler.get(ERROR_HOOK)
+        return hook if callable(hook) else None
 
 
 def make_dispatcher(handler: Any) -> Dispatcher:
@@ -179,15 +227,15 @@ def load_handler(path: str) -> Any:
     raise InvalidHandler(f"cannot import handler {path!r}: no module named {parts[0]!r}")
 
 
-def call_handler(function: Callable[..., Any], data: Any) -> defer.Deferred[Any]:
+def call_handler(function: Callable[..., Any], *arguments: Any) -> defer.Deferred[Any]:
     """
-    Call C{function(data)} and return a Deferred for its outcome.
+    Call C{function(*arguments)} and return a Deferred for its outcome.
 
     The function may return a value, a Deferred, or a coroutine (or other
     awaitable), which is started here, in the caller's context.
     """
     try:
-        result = function(data)
+        result = function(*arguments)
     except BaseException:
         # SystemExit, KeyboardInterrupt or asyncio.CancelledError from a
         # handler is reported like any other exception, never passed up into

@@ -5,19 +5,23 @@ handler, publish the reply, then acknowledge the request.
 
 from __future__ import annotations
 
+import time
 import traceback as traceback_module
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import defer
+from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from txass import _envelope
 from txass._connection import Delivery, MessageProperties
-from txass._context import RequestContext, run_in_context
+from txass import _policy
+from txass._context import Disposition, RequestContext, run_in_context
 from txass._handler import Dispatcher, call_handler
+from txass._policy import Retry
 from txass._topology import Topology
 from txass._util import wait_at_most, when_done
 from txass.errors import (
@@ -28,6 +32,7 @@ from txass.errors import (
     MessageTooLarge,
     MethodNotFound,
     PublishFailed,
+    RequestDeadLettered,
     RequestTooLarge,
     TxassError,
     UnroutableMessage,
@@ -40,6 +45,22 @@ PERSISTENT = 2
 
 # The default maximum size of a request body, in bytes.
 DEFAULT_MAX_REQUEST_SIZE = 8 * 1024 * 1024
+
+# Headers the broker sets on a message it dead-letters or redelivers.  A
+# copy that txass publishes again leaves them out: the attempts header
+# counts instead, and they would only grow.
+_BROKER_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        "x-delivery-count",
+    }
+)
 
 
 class ConsumerChannel(Protocol):
@@ -102,7 +123,10 @@ class Server:
     """
     One consumer of a service's request queue.
 
-    L{Service.react} starts it.  Its lifecycle is C{starting}, C{running},
+    L{Service.react} starts it.  A request whose handler fails gets an error
+    reply, or, with a L{Retry} policy, is served again after a delay; a
+    request still failing, or never finished, after C{max_attempts}
+    attempts goes to the service's dead-letter queue.  Its lifecycle is C{starting}, C{running},
     C{draining}, C{stopped}: while draining it takes no new request, lets
     the requests in flight finish and be acknowledged, and requeues those
     that do not finish within the grace period.
@@ -124,6 +148,9 @@ class Server:
         grace: float | None,
         send_tracebacks: bool = False,
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
+        retry: Retry | None = None,
+        max_attempts: int = _policy.DEFAULT_MAX_ATTEMPTS,
+        declare_queue: Callable[[str, bool], Awaitable[None]] | None = None,
         reactor: Any,
     ) -> None:
         self.topology = topology
@@ -135,6 +162,9 @@ class Server:
         self.grace = grace
         self.send_tracebacks = send_tracebacks
         self.max_request_size = max_request_size
+        self.retry = retry
+        self.max_attempts = max_attempts
+        self._declare_queue = declare_queue
         self._reactor = reactor
         self.state = "starting"
         self._consumer_tag: str | None = None
@@ -151,6 +181,9 @@ class Server:
         self._abandoned: set[tuple[int, int]] = set()
         self._stopping: defer.Deferred[None] | None = None
         self._stopped: list[defer.Deferred[None]] = []
+        # Requests, by message id, whose copy for another attempt is being
+        # published; each Deferred fires once the original is settled.
+        self._moving: dict[str, defer.Deferred[None]] = {}
 
     @property
     def service(self) -> str:
@@ -338,6 +371,49 @@ class Server:
             await self._reply_and_ack(delivery, key, method, {}, self._error_body(method, e, {}))
             return
 
+        attempts = _policy.previous_attempts(properties.headers)
+        if delivery.redelivered or attempts:
+            # The request may be one that makes its server crash.  A copy
+            # that this server published can arrive before the broker has
+            # confirmed it, and so before the original is acknowledged.  It
+            # waits until that acknowledgement is written to the socket,
+            # because a crash before then would leave both to be served.
+            moving = self._moving.get(properties.message_id) if properties.message_id else None
+            if moving is not None:
+                await when_done(moving)
+            await self._after_pending_writes()
+            if key in self._abandoned:
+                return
+        if delivery.redelivered:
+            # The broker delivers this copy again because its last delivery
+            # was never finished: its server died or lost its connection.
+            # That counts as an attempt, and the count has to be carried by
+            # a new copy of the request, since a classic queue keeps none.
+            attempts += 1
+            self.log.warn(
+                "request {message_id} to {service} was redelivered: attempt {attempt} of {max_attempts} "
+                "did not finish",
+                message_id=properties.message_id,
+                service=self.service,
+                attempt=attempts,
+                max_attempts=self.max_attempts,
+            )
+            await self._again_or_dead_letter(
+                delivery,
+                key,
+                request,
+                attempts,
+                _policy.UNFINISHED,
+                None,
+                RequestDeadLettered(
+                    f"request to {self.service}.{request.method} did not finish in {attempts} of "
+                    f"{self.max_attempts} attempts (did it make its server crash?) and was moved to "
+                    f"{self.topology.dead_letter_queue!r}"
+                ),
+            )
+            return
+
+        disposition = Disposition()
         context = RequestContext(
             service=self.service,
             method=request.method,
@@ -346,10 +422,16 @@ class Server:
             reply_to=properties.reply_to,
             headers=dict(properties.headers or {}),
             meta=request.meta,
-            redelivered=delivery.redelivered,
+            # A copy published again for a later attempt is a new message
+            # to the broker, but not to the handler.
+            redelivered=delivery.redelivered or attempts > 0,
             broker=self.broker,
+            attempt=attempts + 1,
+            disposition=disposition,
         )
-        outcome = run_in_context(context, self._invoke, request)
+        served_by: list[Callable[..., Any]] = []
+        outcome = run_in_context(context, self._invoke, request, served_by)
+        error: BaseException | None = None
         try:
             result = await outcome
         except GeneratorExit:
@@ -359,17 +441,309 @@ class Server:
         except BaseException as e:
             # SystemExit or asyncio.CancelledError raised by a handler is its
             # failure like any other, not a reason to leave the request.
-            self._log_handler_error(context, Failure())
-            body: bytes | None = self._error_body(request.method, e, request.meta)
+            error = e
+            failure = Failure()
+            hook = None
+            if not isinstance(e, MethodNotFound):
+                function = served_by[0] if served_by else None
+                hook = self.dispatcher.error_hook(function)
+            if hook is not None:
+                error, failure = await self._run_error_hook(hook, context, error, failure)
+            if disposition.action is None:
+                self._log_handler_error(context, failure)
+            else:
+                self.log.info(
+                    "handler {service}.{method} raised {error_type} for request {message_id}, "
+                    "and its on_error hook chose to {action} it",
+                    service=self.service,
+                    method=context.method,
+                    error_type=type(e).__name__,
+                    message_id=context.message_id,
+                    action=disposition.action,
+                )
+
+        if disposition.action == "discard":
+            self.log.debug(
+                "request {message_id} to {service}.{method} discarded by its handler",
+                message_id=properties.message_id,
+                service=self.service,
+                method=request.method,
+            )
+            if key not in self._abandoned:
+                self._ack(key)
+            return
+        if disposition.action == "resend":
+            await self._again_or_dead_letter(
+                delivery,
+                key,
+                request,
+                attempts + 1,
+                _policy.RESENT,
+                disposition.delay,
+                RequestDeadLettered(
+                    f"request to {self.service}.{request.method} was resent by its handler on attempt "
+                    f"{attempts + 1} of {self.max_attempts} and was moved to {self.topology.dead_letter_queue!r}"
+                ),
+            )
+            return
+        if error is not None:
+            if self.retry is not None and self.retry.retries(error):
+                await self._again_or_dead_letter(
+                    delivery, key, request, attempts + 1, _policy.FAILED, None, error
+                )
+                return
+            body: bytes | None = self._error_body(request.method, error, request.meta)
         else:
             body = self._result_body(context, result, request.meta)
         await self._reply_and_ack(delivery, key, request.method, request.meta, body)
 
-    def _invoke(self, request: _envelope.Request) -> defer.Deferred[Any]:
+    async def _after_pending_writes(self) -> None:
+        """
+        Wait until the reactor has run its I/O once more, which writes what
+        this turn queued on the connection.
+        """
+        for _ in range(2):
+            await deferLater(self._reactor, 0, lambda: None)
+
+    async def _run_error_hook(
+        self, hook: Callable[..., Any], context: RequestContext, error: BaseException, failure: Failure
+    ) -> tuple[BaseException, Failure]:
+        """
+        Call the handler's C{on_error(error, request)} hook.
+
+        @return: The error to report and its failure: C{error}, or the
+            exception the hook raised instead.
+        """
+        try:
+            await run_in_context(context, call_handler, hook, error, context)
+        except GeneratorExit:
+            raise
+        except BaseException as e:
+            replaced = Failure()
+            if e is not error:
+                self.log.info(
+                    "on_error hook of {service} replaced {error_type} with {replacement_type} "
+                    "for request {message_id}",
+                    service=self.service,
+                    error_type=type(error).__name__,
+                    replacement_type=type(e).__name__,
+                    message_id=context.message_id,
+                )
+            return e, replaced
+        return error, failure
+
+    async def _again_or_dead_letter(
+        self,
+        delivery: Delivery,
+        key: tuple[int, int],
+        request: _envelope.Request,
+        attempts: int,
+        reason: str,
+        delay: float | None,
+        error: BaseException,
+    ) -> None:
+        message_id = delivery.properties.message_id
+        settled: defer.Deferred[None] = defer.Deferred()
+        if message_id:
+            self._moving[message_id] = settled
+        try:
+            await self._move(delivery, key, request, attempts, reason, delay, error)
+            await self._after_pending_writes()
+        finally:
+            if message_id and self._moving.get(message_id) is settled:
+                del self._moving[message_id]
+            settled.callback(None)
+
+    async def _move(
+        self,
+        delivery: Delivery,
+        key: tuple[int, int],
+        request: _envelope.Request,
+        attempts: int,
+        reason: str,
+        delay: float | None,
+        error: BaseException,
+    ) -> None:
+        """
+        Publish a new copy of a request that has had C{attempts} attempts:
+        for another attempt after a delay, or, once it reached the maximum,
+        to the dead-letter queue, replying with C{error}.  Acknowledge the
+        request once the copy is confirmed.
+        """
+        if key in self._abandoned:
+            return
+        properties = delivery.properties
+        if attempts >= self.max_attempts:
+            await self._dead_letter(delivery, key, request, attempts, reason, error)
+            return
+        if delay is None:
+            if self.retry is not None:
+                delay = self.retry.delay_before(attempts + 1)
+            elif reason == _policy.UNFINISHED:
+                delay = 0.0
+            else:
+                delay = Retry().delay_before(attempts + 1)
+        milliseconds = _policy.delay_milliseconds(delay)
+        queue = self.topology.retry_queue(milliseconds) if milliseconds else self.topology.queue
+        headers = {_policy.ATTEMPTS_HEADER: attempts}
+        copied = await self._publish_copy(delivery, key, queue, headers, persistent=False)
+        if copied == "lost":
+            return
+        if copied == "copied":
+            self.log.info(
+                "request {message_id} to {service}.{method} will be served again in {delay:g} s "
+                "(attempt {next_attempt} of {max_attempts})",
+                message_id=properties.message_id,
+                service=self.service,
+                method=request.method,
+                delay=milliseconds / 1000,
+                next_attempt=attempts + 1,
+                max_attempts=self.max_attempts,
+            )
+            if key not in self._abandoned:
+                self._ack(key)
+            return
+        # Without a copy in a queue, replying is the only way left to end
+        # the request.
+        self.log.error(
+            "request {message_id} to {service}.{method} cannot be queued for another attempt; "
+            "replying with its error instead",
+            message_id=properties.message_id,
+            service=self.service,
+            method=request.method,
+        )
+        await self._reply_and_ack(delivery, key, request.method, request.meta, self._error_body(request.method, error, request.meta))
+
+    async def _dead_letter(
+        self,
+        delivery: Delivery,
+        key: tuple[int, int],
+        request: _envelope.Request,
+        attempts: int,
+        reason: str,
+        error: BaseException,
+    ) -> None:
+        properties = delivery.properties
+        headers: dict[str, Any] = {
+            _policy.ATTEMPTS_HEADER: attempts,
+            _policy.REASON_HEADER: reason,
+            _policy.ERROR_TYPE_HEADER: type(error).__name__,
+            _policy.ERROR_MESSAGE_HEADER: _policy.shorten(str(error), _policy.MAX_ERROR_MESSAGE),
+            _policy.DEAD_LETTERED_AT_HEADER: int(time.time()),
+        }
+        if error.__traceback__ is not None:
+            text = "".join(traceback_module.format_exception(error))
+            # The end of a traceback is the most useful part, so the start is cut.
+            if len(text) > _policy.MAX_ERROR_TRACEBACK:
+                text = "[...truncated] " + text[-(_policy.MAX_ERROR_TRACEBACK - 15) :]
+            headers[_policy.ERROR_TRACEBACK_HEADER] = text
+        queue = self.topology.dead_letter_queue
+        copied = await self._publish_copy(delivery, key, queue, headers, persistent=True)
+        if copied == "lost":
+            return
+        moved = copied == "copied"
+        if moved:
+            self.log.error(
+                "request {message_id} to {service}.{method} moved to {queue!r} after {attempts} attempts "
+                "({reason}: {error_type}: {error})",
+                message_id=properties.message_id,
+                service=self.service,
+                method=request.method,
+                queue=queue,
+                attempts=attempts,
+                reason=reason,
+                error_type=type(error).__name__,
+                error=error,
+            )
+        else:
+            self.log.error(
+                "request {message_id} to {service}.{method} failed after {attempts} attempts and cannot "
+                "be moved to {queue!r}; replying with its error and rejecting it",
+                message_id=properties.message_id,
+                service=self.service,
+                method=request.method,
+                attempts=attempts,
+                queue=queue,
+            )
+        body = self._error_body(request.method, error, request.meta)
+        if not moved:
+            # Rejected without requeueing: a dead-letter exchange that an
+            # operator's policy gives the service queue still catches it.
+            if properties.reply_to:
+                await self._publish_reply(delivery, key, request.method, request.meta, body)
+            if key not in self._abandoned:
+                self._abandoned.add(key)
+                self._reject(key, requeue=False)
+            return
+        await self._reply_and_ack(delivery, key, request.method, request.meta, body)
+
+    async def _publish_copy(
+        self, delivery: Delivery, key: tuple[int, int], queue: str, headers: dict[str, Any], *, persistent: bool
+    ) -> str:
+        """
+        Publish a copy of a request to C{queue} with C{headers} added, and
+        wait for the broker's confirm.  The queue is declared first (once
+        per connection), and again if the broker returns the copy.
+
+        @param persistent: Whether the copy is persistent and never
+            expires, as a dead-lettered request must be; otherwise it keeps
+            the request's delivery mode and expiration.
+        @return: C{"copied"} once the broker confirmed the copy, C{"lost"}
+            when the connection was lost (the broker then delivers the
+            request again), or C{"failed"}.
+        """
+        properties = delivery.properties
+        merged = {name: value for name, value in (properties.headers or {}).items() if name not in _BROKER_HEADERS}
+        merged.update(headers)
+        copy = MessageProperties(
+            content_type=properties.content_type,
+            content_encoding=properties.content_encoding,
+            headers=merged,
+            delivery_mode=PERSISTENT if persistent else properties.delivery_mode,
+            correlation_id=properties.correlation_id,
+            reply_to=properties.reply_to,
+            message_id=properties.message_id,
+            type=properties.type,
+            timestamp=properties.timestamp,
+            app_id=properties.app_id,
+            expiration=None if persistent else properties.expiration,
+        )
+        for again in (False, True):
+            try:
+                if self._declare_queue is not None:
+                    await self._declare_queue(queue, again)
+                publisher = await self._publisher()
+                await publisher.publish("", queue, delivery.body, copy, mandatory=True)
+                return "copied"
+            except UnroutableMessage:
+                # The queue was deleted since it was declared.
+                continue
+            except ConnectionLost as e:
+                self.log.error(
+                    "request {message_id} to {service} not copied to {queue!r}: {error}; it will be redelivered",
+                    message_id=properties.message_id,
+                    service=self.service,
+                    queue=queue,
+                    error=e,
+                )
+                self._abandoned.add(key)
+                return "lost"
+            except TxassError as e:
+                self.log.error(
+                    "request {message_id} to {service} not copied to {queue!r}: {error}",
+                    message_id=properties.message_id,
+                    service=self.service,
+                    queue=queue,
+                    error=e,
+                )
+        return "failed"
+
+    def _invoke(self, request: _envelope.Request, served_by: list[Callable[..., Any]]) -> defer.Deferred[Any]:
         try:
             function = self.dispatcher.resolve(request.method)
         except Exception:
             return defer.fail()
+        served_by.append(function)
         return call_handler(function, request.data)
 
     def _log_handler_error(self, context: RequestContext, failure: Failure) -> None:

@@ -21,6 +21,7 @@ from twisted.python import usage
 from txass._broker import DEFAULT_GRACE, DEFAULT_PREFETCH, Broker
 from txass._connection import URL_ENVIRONMENT_VARIABLE, InvalidURL, parse_url
 from txass._handler import load_handler, make_dispatcher
+from txass._policy import DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, Retry, check_max_attempts
 from txass._server import DEFAULT_MAX_REQUEST_SIZE, Server
 from txass._topology import check_service_name
 from txass.errors import InvalidHandler, InvalidName, TxassError
@@ -48,6 +49,13 @@ def _max_request_size(value: str) -> int:
     if number < 1:
         raise ValueError(f"--max-request-size must be a number of bytes >= 1, not {value!r}")
     return number
+
+
+def _max_attempts(value: str) -> int:
+    try:
+        return check_max_attempts(int(value))
+    except ValueError:
+        raise ValueError(f"--max-attempts must be an integer from 1 to {MAX_ATTEMPTS_LIMIT}, not {value!r}") from None
 
 
 class Options(usage.Options):
@@ -105,6 +113,26 @@ class Options(usage.Options):
             "RequestTooLarge error reply.",
             _max_request_size,
         ],
+        [
+            "retry-delay",
+            None,
+            None,
+            "Serve a request whose handler failed again after this many seconds, "
+            "rather than reply with the error at once; each later delay is "
+            "--retry-backoff times longer.",
+            float,
+        ],
+        ["retry-backoff", None, 2.0, "Factor by which each retry delay grows (1 to 100).", float],
+        ["retry-max-delay", None, 300.0, "Longest retry delay in seconds.", float],
+        [
+            "max-attempts",
+            None,
+            DEFAULT_MAX_ATTEMPTS,
+            "Attempts a request gets in all, counting failed attempts when retrying, "
+            "resent requests and deliveries that never finished (a crashed server); "
+            "then it goes to the queue SERVICE.dead-letter.",
+            _max_attempts,
+        ],
     ]
 
     optFlags = [
@@ -129,6 +157,14 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         if not (math.isfinite(self["grace"]) and self["grace"] >= 0):
             raise usage.UsageError(f"--grace must be a finite number of seconds >= 0, not {self['grace']}")
+        self["retry"] = None
+        if self["retry-delay"] is not None:
+            try:
+                self["retry"] = Retry(
+                    delay=self["retry-delay"], backoff=self["retry-backoff"], max_delay=self["retry-max-delay"]
+                )
+            except ValueError as e:
+                raise usage.UsageError(f"--retry-delay, --retry-backoff, --retry-max-delay: {e}") from None
 
 
 class StageService(Service):
@@ -153,6 +189,8 @@ class StageService(Service):
         grace: float | None = DEFAULT_GRACE,
         send_tracebacks: bool = False,
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
+        retry: Retry | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -166,6 +204,8 @@ class StageService(Service):
         self.grace = grace
         self.send_tracebacks = send_tracebacks
         self.max_request_size = max_request_size
+        self.retry = retry
+        self.max_attempts = max_attempts
         self._reactor = reactor
         self._broker: Broker | None = None
         self._server: Server | None = None
@@ -207,6 +247,8 @@ class StageService(Service):
             grace=self.grace,
             send_tracebacks=self.send_tracebacks,
             max_request_size=self.max_request_size,
+            retry=self.retry,
+            max_attempts=self.max_attempts,
         )
         self._server.when_stopped().addCallback(self._server_stopped)
 
@@ -271,4 +313,6 @@ def makeService(options: Options) -> StageService:
         grace=options["grace"],
         send_tracebacks=options["tracebacks"],
         max_request_size=options["max-request-size"],
+        retry=options["retry"],
+        max_attempts=options["max-attempts"],
     )

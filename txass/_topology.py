@@ -12,7 +12,15 @@ For a service C{S}:
     connection;
   - replies are published to the default exchange with the request's
     C{reply_to} as routing key, so any queue name works as a reply
-    destination.
+    destination;
+  - a request waiting to be served again waits in the quorum queue
+    C{S.retry.<milliseconds>}, which returns it to C{S} when its delay is
+    over;
+  - a request that failed for good is kept in the durable queue
+    C{S.dead-letter}.
+
+Service names cannot contain C{.client.} or C{.retry.}, nor end with
+C{.dead-letter}, so these queues never take the name of another service.
 """
 
 from __future__ import annotations
@@ -24,12 +32,15 @@ from dataclasses import dataclass
 from txass.errors import InvalidName
 
 # AMQP limits exchange and queue names to 255 bytes.  A service name leaves
-# room for the ".client.<key>" suffix of its result queues.
+# room for the ".client.<key>" suffix of its result queues, and the
+# ".retry.<milliseconds>" and ".dead-letter" suffixes.
 MAX_SERVICE_NAME = 200
 MAX_CLIENT_KEY = 45
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
 _TEMPORARY_PREFIX = "tmp-"
+_RETRY_INFIX = ".retry."
+_DEAD_LETTER_SUFFIX = ".dead-letter"
 
 
 def _check_name(value: object, what: str, limit: int) -> str:
@@ -56,6 +67,10 @@ def check_service_name(name: object) -> str:
     name = _check_name(name, "service name", MAX_SERVICE_NAME)
     if ".client." in name:
         raise InvalidName(f"invalid service name {name!r}: '.client.' is kept for result queues")
+    if _RETRY_INFIX in name:
+        raise InvalidName(f"invalid service name {name!r}: {_RETRY_INFIX!r} is kept for retry queues")
+    if name.endswith(_DEAD_LETTER_SUFFIX):
+        raise InvalidName(f"invalid service name {name!r}: names ending with {_DEAD_LETTER_SUFFIX!r} are kept for dead-letter queues")
     return name
 
 
@@ -119,3 +134,17 @@ class Topology:
         without a key.
         """
         return f"{self.service}.client.{_TEMPORARY_PREFIX}{uuid.uuid4().hex}"
+
+    def retry_queue(self, milliseconds: int) -> str:
+        """
+        Return the name of the queue where requests wait C{milliseconds}
+        before they return to the service queue.
+        """
+        return f"{self.service}{_RETRY_INFIX}{milliseconds}"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        """
+        The durable queue that keeps the requests that failed for good.
+        """
+        return f"{self.service}{_DEAD_LETTER_SUFFIX}"

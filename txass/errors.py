@@ -31,6 +31,7 @@ __all__ = [
     "EncodingError",
     "RemoteError",
     "NoCurrentRequest",
+    "RequestDeadLettered",
 ]
 
 
@@ -303,4 +304,13 @@ class NoCurrentRequest(TxassError, LookupError):
     """
     Raised by L{txass.current_request} when it is called outside the code of
     a handler serving a request or receiving a result.
+    """
+
+
+class RequestDeadLettered(TxassError):
+    """
+    The error a caller gets when its request was moved to the service's
+    dead-letter queue without a handler error to report: the handler
+    resent it, or no delivery of it finished, on its last attempt.  (When
+    the handler failed on its last attempt, the caller gets that error.)
     """

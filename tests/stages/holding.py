@@ -6,8 +6,8 @@ Its method C{hold} takes C{{"directory": D, "label": L}}.  It creates the
 file C{D/L.started} on entry, so the test can tell that the request is in
 flight, then waits without blocking the reactor until the file C{D/release}
 exists.
-It returns the label, the id of the serving process and whether the broker
-delivered the request before.
+It returns the label, the id of the serving process, whether the request
+may have been served before, and which attempt this is.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class Holder:
     """
 
     async def hold(self, request: dict[str, str]) -> dict[str, Any]:
-        redelivered = txass.current_request().redelivered
+        request_context = txass.current_request()
         directory = request["directory"]
         label = request["label"]
         with open(started_file(directory, label), "w"):
@@ -56,4 +56,9 @@ class Holder:
                 raise TimeoutError(f"{release} did not appear within {MAX_HOLD:g} s")
             await task.deferLater(reactor, POLL_INTERVAL, lambda: None)
 
-        return {"label": label, "pid": os.getpid(), "redelivered": redelivered}
+        return {
+            "label": label,
+            "pid": os.getpid(),
+            "redelivered": request_context.redelivered,
+            "attempt": request_context.attempt,
+        }
