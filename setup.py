@@ -32,6 +32,9 @@ setup(
     },
     extras_require={
         "dev": ["mypy>=1.10"],
+        # The optional MessagePack codec, which services accept only when
+        # they name it.
+        "msgpack": ["msgpack>=1.0"],
     },
     classifiers=[
         "Framework :: Twisted",

@@ -5,7 +5,7 @@ The broker connection users hold, and the services reached through it.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from txass._client import Client
 from txass._connection import TERMINAL_REPLY_CODES, AMQPChannel, AMQPConnection, BrokerAddress, open_connection, parse_url
+from txass._envelope import get_codec, get_codecs
 from txass._handler import make_dispatcher
 from txass._policy import DEFAULT_MAX_ATTEMPTS, Retry, check_max_attempts
 from txass._rpc import DEFAULT_TIMEOUT, RPCClient, _Caller, check_timeout
@@ -312,7 +313,9 @@ class Broker:
         """
         return Service(self, Topology.for_service(name))
 
-    def rpc(self, service: str, *, timeout: float = DEFAULT_TIMEOUT, direct_reply_to: bool = True) -> RPCClient:
+    def rpc(
+        self, service: str, *, timeout: float = DEFAULT_TIMEOUT, direct_reply_to: bool = True, codec: str = "json"
+    ) -> RPCClient:
         """
         Return an RPC client of the service called C{service}, whose calls
         return Deferreds that fire with the results.
@@ -325,18 +328,21 @@ class Broker:
             direct reply-to, which declares no queue.  Otherwise, or when
             the broker does not offer it, replies go to an exclusive queue
             the broker deletes when the connection closes.
+        @param codec: The body format of requests: C{"json"}, or
+            C{"msgpack"} for a service that accepts it.
         @raise txass.errors.InvalidName: if C{service} cannot name a
             service.
         @raise ValueError: if C{timeout} is not a number of seconds greater
-            than 0 and at most 1e9.
+            than 0 and at most 1e9, or C{codec} is unknown.
         """
         topology = Topology.for_service(service)
         seconds = check_timeout(timeout)
+        chosen = get_codec(codec)
         key = bool(direct_reply_to)
         caller = self._callers.get(key)
         if caller is None:
             caller = self._callers[key] = _Caller(self, direct_reply_to=key)
-        return RPCClient(caller, topology, seconds)
+        return RPCClient(caller, topology, seconds, chosen)
 
     async def _open_channel(self, *, confirms: bool = False, wait: bool = False) -> AMQPChannel:
         """
@@ -596,6 +602,7 @@ class Service:
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
         retry: Retry | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        codecs: Iterable[str] = ("json",),
     ) -> defer.Deferred[Server]:
         """
         Serve this service's requests with C{handler}.
@@ -625,6 +632,11 @@ class Service:
             lost its connection) that many times, or that the handler
             resent that many times, goes to the dead-letter queue too,
             whatever C{retry} says.
+        @param codecs: The names of the body formats this server accepts:
+            C{"json"}, and C{"msgpack"} when the C{msgpack} package is
+            installed.  A request in another content type gets an
+            C{InvalidRequest} error reply.  Each reply uses the format of
+            its request.
         @return: A Deferred that fires with the L{Server} once it consumes.
             It fails with L{txass.errors.ChannelClosed} when the broker
             refuses the declarations (for example a queue of that name
@@ -639,8 +651,10 @@ class Service:
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(f"retry must be a txass.Retry or None, not {retry!r}")
         check_max_attempts(max_attempts)
+        accepted = get_codecs(codecs)
         make_dispatcher(handler)
         options = {
+            "codecs": accepted,
             "prefetch": prefetch,
             "grace": grace,
             "send_tracebacks": send_tracebacks,
@@ -650,7 +664,7 @@ class Service:
         }
         return defer.Deferred.fromCoroutine(self.broker._start_server(self.topology, handler, options))
 
-    def client(self, *, key: str | None = None) -> Client:
+    def client(self, *, key: str | None = None, codec: str = "json") -> Client:
         """
         Return a client of this service.
 
@@ -658,6 +672,9 @@ class Service:
             C{<service>.client.<key>}, where results wait while the client
             process is down.  Without a key, results go to an exclusive
             queue that the broker deletes when the connection closes.
+        @param codec: The body format of requests: C{"json"}, or
+            C{"msgpack"} for a service that accepts it.
         @raise txass.errors.InvalidName: if C{key} cannot be used.
+        @raise ValueError: if C{codec} is unknown.
         """
-        return Client(self.broker, self.topology, key)
+        return Client(self.broker, self.topology, key, get_codec(codec))

@@ -45,10 +45,11 @@ class Client:
 
     log = Logger()
 
-    def __init__(self, broker: Broker, topology: Topology, key: str | None) -> None:
+    def __init__(self, broker: Broker, topology: Topology, key: str | None, codec: _envelope.Codec = _envelope.JSON) -> None:
         self._broker = broker
         self.topology = topology
         self.key = key
+        self.codec = codec
         if key is None:
             self.queue = topology.temporary_client_queue()
         else:
@@ -238,7 +239,7 @@ class Client:
     def _dispatch(self, channel: AMQPChannel, delivery: Delivery) -> None:
         properties = delivery.properties
         try:
-            reply = _envelope.decode_reply(delivery.body, properties.content_type)
+            reply = _envelope.decode_reply(delivery.body, properties.content_type, (_envelope.JSON, self.codec))
         except InvalidRequest as e:
             self.log.error(
                 "invalid reply {message_id} in {queue} dropped: {error}",
@@ -335,7 +336,7 @@ class Client:
         """
         try:
             destination = self._reply_destination(routing_key, reply_to)
-            body = _envelope.encode_request(method, data, meta)
+            body = _envelope.encode_request(method, data, meta, self.codec)
         except Exception:
             return defer.fail()
         routed = routing_key is not None and reply_to is None
@@ -349,7 +350,7 @@ class Client:
             the broker has confirmed it; it fails as for L{call}.
         """
         try:
-            body = _envelope.encode_request(method, data, meta)
+            body = _envelope.encode_request(method, data, meta, self.codec)
         except Exception:
             return defer.fail()
         return defer.Deferred.fromCoroutine(self._send(method, body, None))
@@ -364,7 +365,7 @@ class Client:
             await self._broker._declare_result_queue(reply_to, durable=True)
         message_id = new_message_id()
         properties = MessageProperties(
-            content_type=_envelope.CONTENT_TYPE,
+            content_type=self.codec.content_type,
             delivery_mode=PERSISTENT,
             message_id=message_id,
             correlation_id=message_id,

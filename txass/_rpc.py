@@ -96,6 +96,7 @@ class _Call:
     correlation_id: str
     deferred: defer.Deferred[Any]
     timeout: float
+    codec: _envelope.Codec = _envelope.JSON
     timer: DelayedCall | None = None
     # Fired to let the call try to publish, while it waits for room.
     waiter: defer.Deferred[None] | None = field(default=None, repr=False)
@@ -189,10 +190,12 @@ class _Caller:
         if current is not None and current[0] is channel:
             self._channel.reset()
 
-    def call(self, topology: Topology, method: str, body: bytes, timeout: float) -> defer.Deferred[Any]:
+    def call(
+        self, topology: Topology, method: str, body: bytes, timeout: float, codec: _envelope.Codec = _envelope.JSON
+    ) -> defer.Deferred[Any]:
         correlation_id = new_message_id()
         d: defer.Deferred[Any] = defer.Deferred(lambda _: self._forget(correlation_id))
-        call = _Call(topology, method, correlation_id, d, timeout)
+        call = _Call(topology, method, correlation_id, d, timeout, codec)
         self._pending[correlation_id] = call
         self._pending_by_service[topology.service] += 1
         call.timer = self._broker._reactor.callLater(timeout, self._expire, correlation_id)
@@ -230,7 +233,7 @@ class _Caller:
                 channel, reply_to = await self._channel.get()
             call.channel = channel
             properties = MessageProperties(
-                content_type=_envelope.CONTENT_TYPE,
+                content_type=call.codec.content_type,
                 delivery_mode=TRANSIENT,
                 message_id=call.correlation_id,
                 correlation_id=call.correlation_id,
@@ -309,7 +312,7 @@ class _Caller:
             )
             return
         try:
-            reply = _envelope.decode_reply(delivery.body, properties.content_type)
+            reply = _envelope.decode_reply(delivery.body, properties.content_type, (_envelope.JSON, call.codec))
         except InvalidRequest as e:
             call.deferred.errback(InvalidReply(f"reply to {call.service}.{call.method} is not a txass reply: {e}"))
             return
@@ -387,10 +390,11 @@ class RPCClient:
         seconds.
     """
 
-    def __init__(self, caller: _Caller, topology: Topology, timeout: float) -> None:
+    def __init__(self, caller: _Caller, topology: Topology, timeout: float, codec: _envelope.Codec = _envelope.JSON) -> None:
         self._caller = caller
         self.topology = topology
         self.timeout = timeout
+        self.codec = codec
 
     @property
     def service(self) -> str:
@@ -445,7 +449,7 @@ class RPCClient:
         """
         seconds = self.timeout if timeout is None else check_timeout(timeout)
         try:
-            body = _envelope.encode_request(method, data, meta)
+            body = _envelope.encode_request(method, data, meta, self.codec)
         except Exception:
             return defer.fail()
-        return self._caller.call(self.topology, method, body, seconds)
+        return self._caller.call(self.topology, method, body, seconds, self.codec)

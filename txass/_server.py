@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from txass import _envelope
 from txass._connection import Delivery, MessageProperties
 from txass import _policy
+from txass._envelope import JSON, Codec
 from txass._context import Disposition, RequestContext, run_in_context
 from txass._handler import Dispatcher, call_handler
 from txass._policy import Retry
@@ -148,6 +149,7 @@ class Server:
         grace: float | None,
         send_tracebacks: bool = False,
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
+        codecs: tuple[Codec, ...] = (JSON,),
         retry: Retry | None = None,
         max_attempts: int = _policy.DEFAULT_MAX_ATTEMPTS,
         declare_queue: Callable[[str, bool], Awaitable[None]] | None = None,
@@ -162,6 +164,7 @@ class Server:
         self.grace = grace
         self.send_tracebacks = send_tracebacks
         self.max_request_size = max_request_size
+        self.codecs = codecs
         self.retry = retry
         self.max_attempts = max_attempts
         self._declare_queue = declare_queue
@@ -359,7 +362,7 @@ class Server:
                     f"request body of {len(delivery.body)} bytes is larger than the maximum of "
                     f"{self.max_request_size} bytes for service {self.service!r}"
                 )
-            request = _envelope.decode_request(delivery.body, properties.content_type)
+            request = _envelope.decode_request(delivery.body, properties.content_type, self.codecs)
         except InvalidRequest as e:
             self.log.error(
                 "invalid request {message_id} to {service}: {error}",
@@ -492,10 +495,10 @@ class Server:
                     delivery, key, request, attempts + 1, _policy.FAILED, None, error
                 )
                 return
-            body: bytes | None = self._error_body(request.method, error, request.meta)
+            body: bytes | None = self._error_body(request.method, error, request.meta, request.codec)
         else:
-            body = self._result_body(context, result, request.meta)
-        await self._reply_and_ack(delivery, key, request.method, request.meta, body)
+            body = self._result_body(context, result, request.meta, request.codec)
+        await self._reply_and_ack(delivery, key, request.method, request.meta, body, request.codec)
 
     async def _after_pending_writes(self) -> None:
         """
@@ -612,7 +615,8 @@ class Server:
             service=self.service,
             method=request.method,
         )
-        await self._reply_and_ack(delivery, key, request.method, request.meta, self._error_body(request.method, error, request.meta))
+        body = self._error_body(request.method, error, request.meta, request.codec)
+        await self._reply_and_ack(delivery, key, request.method, request.meta, body, request.codec)
 
     async def _dead_letter(
         self,
@@ -665,17 +669,17 @@ class Server:
                 attempts=attempts,
                 queue=queue,
             )
-        body = self._error_body(request.method, error, request.meta)
+        body = self._error_body(request.method, error, request.meta, request.codec)
         if not moved:
             # Rejected without requeueing: a dead-letter exchange that an
             # operator's policy gives the service queue still catches it.
             if properties.reply_to:
-                await self._publish_reply(delivery, key, request.method, request.meta, body)
+                await self._publish_reply(delivery, key, request.method, request.meta, body, request.codec)
             if key not in self._abandoned:
                 self._abandoned.add(key)
                 self._reject(key, requeue=False)
             return
-        await self._reply_and_ack(delivery, key, request.method, request.meta, body)
+        await self._reply_and_ack(delivery, key, request.method, request.meta, body, request.codec)
 
     async def _publish_copy(
         self, delivery: Delivery, key: tuple[int, int], queue: str, headers: dict[str, Any], *, persistent: bool
@@ -771,11 +775,11 @@ class Server:
             correlation_id=context.correlation_id,
         )
 
-    def _result_body(self, context: RequestContext, result: Any, meta: dict[str, Any]) -> bytes | None:
+    def _result_body(self, context: RequestContext, result: Any, meta: dict[str, Any], codec: Codec) -> bytes | None:
         if context.reply_to is None:
             return None
         try:
-            return _envelope.encode_result(context.method, result, meta)
+            return _envelope.encode_result(context.method, result, meta, codec)
         except EncodingError as e:
             self.log.error(
                 "result of {service}.{method} for request {message_id} cannot be sent: {error}",
@@ -784,13 +788,13 @@ class Server:
                 message_id=context.message_id,
                 error=e,
             )
-            return self._error_body(context.method, e, meta)
+            return self._error_body(context.method, e, meta, codec)
 
-    def _error_body(self, method: str, error: BaseException, meta: dict[str, Any]) -> bytes:
+    def _error_body(self, method: str, error: BaseException, meta: dict[str, Any], codec: Codec = JSON) -> bytes:
         text: str | None = None
         if self.send_tracebacks:
             text = "".join(traceback_module.format_exception(error))
-        return _envelope.encode_error(method, type(error).__name__, str(error), meta, text)
+        return _envelope.encode_error(method, type(error).__name__, str(error), meta, text, codec)
 
     async def _reply_and_ack(
         self,
@@ -799,6 +803,7 @@ class Server:
         method: str,
         meta: dict[str, Any],
         body: bytes | None,
+        codec: Codec = JSON,
     ) -> None:
         properties = delivery.properties
         reply_to = properties.reply_to
@@ -807,13 +812,19 @@ class Server:
             # again, so a reply now would be a duplicate.
             return
         if reply_to and body is not None:
-            if not await self._publish_reply(delivery, key, method, meta, body):
+            if not await self._publish_reply(delivery, key, method, meta, body, codec):
                 return
         if key not in self._abandoned:
             self._ack(key)
 
     async def _publish_reply(
-        self, delivery: Delivery, key: tuple[int, int], method: str, meta: dict[str, Any], body: bytes
+        self,
+        delivery: Delivery,
+        key: tuple[int, int],
+        method: str,
+        meta: dict[str, Any],
+        body: bytes,
+        codec: Codec = JSON,
     ) -> bool:
         """
         Publish the reply to a request and wait for the broker's confirm.
@@ -836,10 +847,10 @@ class Server:
         for payload in attempts:
             if payload is None:
                 payload = _envelope.encode_error(
-                    method, "PublishFailed", f"the reply could not be published: {last_error}", meta
+                    method, "PublishFailed", f"the reply could not be published: {last_error}", meta, None, codec
                 )
             reply_properties = MessageProperties(
-                content_type=_envelope.CONTENT_TYPE,
+                content_type=codec.content_type,
                 correlation_id=properties.correlation_id or properties.message_id,
                 message_id=new_message_id(),
                 delivery_mode=PERSISTENT,

@@ -54,6 +54,7 @@ from typing import Any
 
 from txass._bridge import BRIDGE, CLOSED_BY_USER, STEP_TIMEOUT, BridgedBroker, ReactorThreadError
 from txass._connection import BrokerAddress
+from txass._envelope import get_codec
 from txass._rpc import DEFAULT_TIMEOUT, RPCClient, check_timeout
 from txass.errors import ConnectionLost
 
@@ -128,7 +129,9 @@ class BlockingBroker:
         """
         return self._bridged.closed is None and self._bridged.broker.is_open
 
-    def rpc(self, service: str, *, timeout: float = DEFAULT_TIMEOUT, direct_reply_to: bool = True) -> BlockingRPCClient:
+    def rpc(
+        self, service: str, *, timeout: float = DEFAULT_TIMEOUT, direct_reply_to: bool = True, codec: str = "json"
+    ) -> BlockingRPCClient:
         """
         Return an RPC client of the service called C{service}, whose calls
         wait for the results; see L{txass.Broker.rpc}.
@@ -136,10 +139,12 @@ class BlockingBroker:
         @param timeout: The default timeout of a call, in seconds.
         @param direct_reply_to: Whether replies come through RabbitMQ's
             direct reply-to.
+        @param codec: The body format of requests, C{"json"} or
+            C{"msgpack"}.
         @raise txass.errors.InvalidName: if C{service} cannot name a
             service.
         @raise ValueError: if C{timeout} is not a number greater than 0 and
-            at most 10**9.
+            at most 10**9, or C{codec} is unknown.
         @raise txass.ConnectionLost: if the connection is closed, or if
             this process was forked after it opened.
         @raise ReactorThreadError: if called in the reactor thread, or if
@@ -147,6 +152,7 @@ class BlockingBroker:
         """
         BRIDGE.check_thread("BlockingBroker.rpc()")
         seconds = check_timeout(timeout)
+        get_codec(codec)
 
         def timed_out() -> Exception:
             return ReactorThreadError(
@@ -163,6 +169,7 @@ class BlockingBroker:
             service,
             timeout=seconds,
             direct_reply_to=direct_reply_to,
+            codec=codec,
             wait=STEP_TIMEOUT,
             timed_out=timed_out,
             lost=lost,
