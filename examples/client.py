@@ -51,6 +51,10 @@ class PrintResults:
     request carries C{meta={"run": run_id}}, which comes back with its
     result, so the handler can recognize the results of an earlier run of a
     keyed client.
+
+    Only C{foo} and C{bar} are marked with C{@txass.expose}, so the client
+    logs and drops a result of any other method, such as C{missing}, instead
+    of passing it to that method.
     """
 
     def __init__(self, run_id: str, expected: int) -> None:
@@ -59,9 +63,11 @@ class PrintResults:
         self._arrived: set[str | None] = set()
         self.all_arrived: defer.Deferred[None] = defer.Deferred()
 
+    @txass.expose
     def foo(self, result: Any) -> None:
         self._show(result)
 
+    @txass.expose
     def bar(self, result: Any) -> None:
         self._show(result)
 

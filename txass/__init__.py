@@ -19,6 +19,7 @@ from txass._broker import Broker, Service
 from txass._client import Client
 from txass._connection import DEFAULT_URL, InvalidURL, open_connection, parse_url
 from txass._context import RequestContext, current_request, in_thread
+from txass._handler import expose
 from txass._policy import Retry
 from txass._rpc import RPCClient
 from txass._server import Server
@@ -53,6 +54,7 @@ __all__ = [
     "connect",
     "current_request",
     "in_thread",
+    "expose",
     "Broker",
     "Service",
     "Server",

@@ -603,6 +603,7 @@ class Service:
         retry: Retry | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         codecs: Iterable[str] = ("json",),
+        expose: Iterable[str] | None = None,
     ) -> defer.Deferred[Server]:
         """
         Serve this service's requests with C{handler}.
@@ -637,6 +638,11 @@ class Service:
             installed.  A request in another content type gets an
             C{InvalidRequest} error reply.  Each reply uses the format of
             its request.
+        @param expose: The names of the only methods that requests may
+            call, or L{None} for every public method (or, when the handler
+            marks methods with L{txass.expose}, every marked one).  A name
+            that the handler could not serve raises
+            L{txass.errors.InvalidHandler} here.
         @return: A Deferred that fires with the L{Server} once it consumes.
             It fails with L{txass.errors.ChannelClosed} when the broker
             refuses the declarations (for example a queue of that name
@@ -652,7 +658,7 @@ class Service:
             raise TypeError(f"retry must be a txass.Retry or None, not {retry!r}")
         check_max_attempts(max_attempts)
         accepted = get_codecs(codecs)
-        make_dispatcher(handler)
+        dispatcher = make_dispatcher(handler, expose=expose)
         options = {
             "codecs": accepted,
             "prefetch": prefetch,
@@ -662,7 +668,7 @@ class Service:
             "retry": retry,
             "max_attempts": max_attempts,
         }
-        return defer.Deferred.fromCoroutine(self.broker._start_server(self.topology, handler, options))
+        return defer.Deferred.fromCoroutine(self.broker._start_server(self.topology, dispatcher, options))
 
     def client(self, *, key: str | None = None, codec: str = "json") -> Client:
         """
