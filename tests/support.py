@@ -82,7 +82,10 @@ def remove_after(testcase: unittest.TestCase, service: str, client_keys: Iterabl
     Delete the exchange and queues of C{service}, and of its clients with
     C{client_keys}, after the test.
     """
-    names = [service] + [f"{service}.client.{key}" for key in client_keys] + list(queues)
+    # Every service has a queue of unfinished requests, and may have a
+    # dead-letter queue; deleting a queue that does not exist is no error.
+    own = [service, f"{service}.unfinished", f"{service}.dead-letter"]
+    names = own + [f"{service}.client.{key}" for key in client_keys] + [q for q in queues if q not in own]
 
     async def remove() -> None:
         connection = await open_connection(parse_url(BROKER_URL), reactor)

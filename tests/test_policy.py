@@ -8,13 +8,14 @@ C{resend()} and C{discard()}.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 import txass
-from tests.support import EVENT_TIMEOUT, Results, connect, message_count, raw_channel, remove_after, unique_name, within
+from tests.support import BROKER_URL, EVENT_TIMEOUT, Results, connect, message_count, raw_channel, remove_after, unique_name, within
 from txass import _envelope
 from txass._connection import Delivery, MessageProperties
 from txass._policy import ATTEMPTS_HEADER, Retry, delay_milliseconds, previous_attempts
@@ -346,7 +347,7 @@ class HookTests(unittest.TestCase):
         error = await self.assertFailure(broker.rpc(name).call("work", "replace"), txass.RemoteError)
         self.assertEqual((error.type, error.message), ("LookupError", "replaced by the hook"))
         self.assertEqual(Hooks.seen, [("KeyError", "work", 1)])
-        self.assertEqual(len(self.flushLoggedErrors(LookupError)), 1)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
 
     async def test_hook_resends(self) -> None:
         """
@@ -513,3 +514,137 @@ class InThreadTests(unittest.TestCase):
         broker = await connect(self)
         await broker.service(name).react(Blocking())
         self.assertEqual(await broker.rpc(name).call("resend_once", None), 2)
+
+
+class RetryLimitTests(unittest.TestCase):
+    async def test_rpc_retries_within_timeout(self) -> None:
+        """
+        An RPC call's request is retried only while its caller waits: each
+        retry waits its full delay (the call's expiration does not cut it
+        short), and when the next delay would outlast the call's timeout,
+        the caller gets the error at once.
+        """
+        name = unique_name("policy")
+        remove_after(self, name, queues=retry_queues(name, 300, 600, 1200))
+        broker = await connect(self)
+        handler = Flaky(100)
+        started: list[float] = []
+        original = handler.work
+
+        def work(value: Any) -> Any:
+            started.append(time.monotonic())
+            return original(value)
+
+        await broker.service(name).react({"work": work}, retry=Retry(delay=0.3, backoff=2.0), max_attempts=10)
+        error = await self.assertFailure(broker.rpc(name).call("work", 1, timeout=1.5), txass.RemoteError)
+        self.assertEqual(error.type, "RuntimeError")
+        self.assertEqual(handler.attempts, [1, 2, 3])
+        self.assertGreaterEqual(started[1] - started[0], 0.25)
+        self.assertGreaterEqual(started[2] - started[1], 0.55)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
+
+    async def test_dead_letter_fits_small_frames(self) -> None:
+        """
+        On a connection with the smallest frame size AMQP allows, a request
+        whose error text is long and not ASCII is still dead-lettered with
+        its error type and a shortened message, and the caller gets the
+        handler's error.
+        """
+        name = unique_name("policy")
+        remove_after(self, name)
+        broker = await connect(self, f"{BROKER_URL}?frame_max=4096")
+
+        def fail(value: Any) -> None:
+            raise ValueError("\N{SNOWMAN}" * 5000)
+
+        await broker.service(name).react({"fail": fail}, retry=Retry(delay=0.01), max_attempts=1)
+        error = await self.assertFailure(broker.rpc(name).call("fail", None), txass.RemoteError)
+        self.assertEqual(error.type, "ValueError")
+        dead = await queue_messages(self, f"{name}.dead-letter")
+        headers = dead[0].properties.headers or {}
+        self.assertEqual(headers["x-txass-error-type"], "ValueError")
+        self.assertLess(len(headers["x-txass-error-message"].encode("utf-8")), 4096)
+        self.assertTrue(headers["x-txass-error-message"].endswith("[...truncated]"))
+        self.assertTrue(broker.is_open)
+        self.flushLoggedErrors(ValueError)
+
+    async def test_dead_letter_replaces_old_error(self) -> None:
+        """
+        A request dead-lettered again carries only the error of its last
+        attempt: no traceback is left from an earlier one.
+        """
+        name = unique_name("policy")
+        remove_after(self, name)
+        channel = await raw_channel(self)
+        await channel.declare_exchange(name, "direct", durable=True)
+        await channel.declare_queue(name, durable=True)
+        await channel.bind_queue(name, name, name)
+        await channel.enable_confirms()
+        stale = {"x-txass-error-traceback": "an old traceback", "x-txass-reason": "failed", "x-txass-attempts": 0}
+        await channel.publish(
+            name,
+            name,
+            _envelope.encode_request("work", "resend-always"),
+            MessageProperties(content_type="application/json", message_id="m-again", headers=stale),
+        )
+        broker = await connect(self)
+        await broker.service(name).react(Hooks, max_attempts=1)
+        dead = await queue_messages_when(self, f"{name}.dead-letter", 1)
+        headers = dead[0].properties.headers or {}
+        self.assertEqual(headers["x-txass-reason"], "resent")
+        self.assertNotIn("x-txass-error-traceback", headers)
+
+
+async def queue_messages_when(testcase: unittest.TestCase, queue: str, count: int) -> list[Delivery]:
+    """
+    Wait until C{queue} exists and holds C{count} ready messages, then take
+    them out.
+    """
+    channel = await raw_channel(testcase)
+
+    async def ready() -> int:
+        try:
+            number, _ = await channel.declare_queue(queue, passive=True)
+        except txass.ChannelClosed:
+            return -1
+        return number
+
+    deadline = time.monotonic() + EVENT_TIMEOUT
+    while await ready() < count:
+        if channel is not None and not channel.is_open:
+            channel = await raw_channel(testcase)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{queue} did not get {count} messages within {EVENT_TIMEOUT} s")
+        await task.deferLater(reactor, 0.05, lambda: None)
+    return await queue_messages(testcase, queue)
+
+
+class MisuseTests(unittest.SynchronousTestCase):
+    def test_in_thread_misuse(self) -> None:
+        """
+        in_thread raises TypeError when it decorates a staticmethod or
+        classmethod object, or a coroutine function, rather than failing
+        when a request arrives.
+        """
+        for wrapped in (staticmethod(len), classmethod(len)):
+            with self.assertRaises(TypeError) as caught:
+                txass.in_thread(wrapped)  # type: ignore[arg-type]
+            self.assertIn("below @", str(caught.exception))
+
+        async def coroutine(value: Any) -> Any:
+            return value
+
+        self.assertRaises(TypeError, txass.in_thread, coroutine)
+
+    def test_retry_delay_above_maximum(self) -> None:
+        """
+        A first delay longer than the longest delay raises ValueError.
+        """
+        self.assertRaises(ValueError, Retry, delay=10.0, max_delay=1.0)
+        self.assertEqual(Retry(delay=1.0, max_delay=1.0).delay_before(5), 1.0)
+
+    def test_largest_delay_within_limit(self) -> None:
+        """
+        The largest delay rounds to no more than the documented maximum.
+        """
+        self.assertLessEqual(delay_milliseconds(30 * 24 * 3600.0), 30 * 24 * 3600 * 1000)

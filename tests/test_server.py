@@ -260,17 +260,40 @@ class ServerAckTests(SynchronousTestCase):
         self.assertEqual(self.consumer.events, [("ack", 1)])
         self.assertTrue(self.consumer.closed)
 
-    def test_delivery_while_draining_requeued(self) -> None:
+    def test_delivery_while_draining_given_back(self) -> None:
         """
-        When a request arrives while the server drains, then it is requeued
-        and its handler does not run.
+        When a request arrives while the server drains, then an unchanged
+        copy goes back to the service queue, the request is acknowledged
+        once the copy is confirmed, and its handler does not run.  So the
+        request does not come back redelivered, counting an attempt.
         """
         self.consumer.on_delivery(delivery(1, "slow", "a", reply_to=None))
         self.server.stop()
         self.consumer.on_delivery(delivery(2, "quick", "b"))
+        routing_key, body, properties, confirm = self.publisher.published[-1]
+        self.assertEqual(routing_key, "svc")
+        self.assertEqual(body, delivery(2, "quick", "b").body)
+        self.assertEqual((properties.message_id, properties.reply_to), ("m2", "replies"))
+        self.assertEqual(self.consumer.events, [])
+        confirm.callback(None)
+        self.assertEqual(self.consumer.events, [("ack", 2)])
+        self.assertEqual(self.handler.ran, ["a"])
+        self.handler.pending["a"].callback(None)
+
+    def test_delivery_while_draining_requeued(self) -> None:
+        """
+        When a request arrives while the server drains and its copy cannot
+        be published, then it is requeued instead.
+        """
+        self.consumer.on_delivery(delivery(1, "slow", "a", reply_to=None))
+        self.server.stop()
+        self.consumer.on_delivery(delivery(2, "quick", "b"))
+        self.publisher.published[-1][3].errback(ChannelClosed(406, "PRECONDITION_FAILED"))
+        self.publisher.published[-1][3].errback(ChannelClosed(406, "PRECONDITION_FAILED"))
         self.assertEqual(self.consumer.events, [("requeue", 2)])
         self.assertEqual(self.handler.ran, ["a"])
         self.handler.pending["a"].callback(None)
+        self.flushLoggedErrors()
 
     def test_grace_expiry_requeues(self) -> None:
         """

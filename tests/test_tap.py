@@ -358,6 +358,18 @@ class OptionsTests(unittest.TestCase):
                     parse(*base, *arguments)
                 self.assertIn("--retry-delay", str(caught.exception))
 
+    def test_retry_tuning_needs_delay(self) -> None:
+        """
+        --retry-backoff or --retry-max-delay without --retry-delay is a
+        usage error, not a setting that silently does nothing.
+        """
+        base = ["--service", "echo", "--reactor", "examples.echo.Echo"]
+        for arguments in (["--retry-backoff", "3"], ["--retry-max-delay", "60"]):
+            with self.subTest(arguments=arguments):
+                with self.assertRaises(usage.UsageError) as caught:
+                    parse(*base, *arguments)
+                self.assertIn("needs --retry-delay", str(caught.exception))
+
     def test_max_attempts(self) -> None:
         """
         --max-attempts accepts 1 to 1000 and defaults to 5.
@@ -978,3 +990,44 @@ class PoisonRequestTests(unittest.TestCase):
         self.assertIsNone(survivor.status)
         await survivor.stop()
         self.assertEqual(survivor.exit_code, 0, survivor.stdout)
+
+    async def test_crashing_request_spares_others(self) -> None:
+        """
+        When a request ends its stage's process every time, with other
+        requests delivered beside it, then only it goes to the dead-letter
+        queue: each of the others is served, at most once more than it
+        would have been.
+        """
+        service = support.unique_name("tap-poison")
+        dead_letter_queue = f"{service}.dead-letter"
+        support.remove_after(self, service, queues=[dead_letter_queue, f"{service}.retry.1000"])
+        broker = await support.connect(self)
+        results = support.Results()
+        client = broker.service(service).client()
+        await client.react(callbacks(results, "crash", "slow"))
+        await client.call("crash", None)
+        innocent = 20
+        for number in range(innocent):
+            await client.call("slow", number)
+
+        survivor = None
+        for _ in range(6):
+            stage = start_stage(self, service, CRASHER, "--max-attempts", "3", "--prefetch", "10")
+            ended = stage.wait_for_end(QUICK_EXIT * 3)
+            waiting = results.wait_for(innocent + 1, QUICK_EXIT * 3)
+            await defer.DeferredList([ended, waiting], fireOnOneCallback=True, consumeErrors=True)
+            if stage.status is None:
+                survivor = stage
+                break
+            self.assertEqual(stage.exit_code, crashing.CRASH_STATUS, stage.stdout)
+        self.assertIsNotNone(survivor, "the request kept ending every stage")
+        await results.wait_for(innocent + 1)
+
+        slow = [value for method, value, _ in results.received if method == "slow"]
+        self.assertEqual([value for value in slow if isinstance(value, txass.RemoteError)], [])
+        [dead] = [value for method, value, _ in results.received if method == "crash"]
+        self.assertEqual(dead.type, "RequestDeadLettered")
+        self.assertEqual(sorted(value["value"] for value in slow), list(range(innocent)))
+        self.assertEqual(await support.message_count(self, dead_letter_queue), 1)
+        assert survivor is not None
+        await survivor.stop()

@@ -417,6 +417,7 @@ class Broker:
                 await channel.declare_exchange(topology.exchange, "direct", durable=True)
                 await channel.declare_queue(topology.queue, durable=True)
                 await channel.bind_queue(topology.queue, topology.exchange, topology.routing_key)
+                await channel.declare_queue(topology.unfinished_queue, durable=True)
 
         await self._declare_once("service", topology.service, declare)
 
@@ -436,7 +437,7 @@ class Broker:
         (once per connection, or anew when C{again}): the service queue,
         its dead-letter queue, or one of its retry queues.
         """
-        if queue == topology.queue:
+        if queue in (topology.queue, topology.unfinished_queue):
             if again:
                 self._forget_declarations(topology, None)
             await self._declare_service(topology)

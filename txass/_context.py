@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -162,6 +163,16 @@ def in_thread(function: Callable[..., T]) -> Callable[..., defer.Deferred[T]]:
     meanwhile; the pool has 10 threads unless the application resizes it
     with C{reactor.suggestThreadPoolSize}.
     """
+
+    if isinstance(function, (staticmethod, classmethod)):
+        raise TypeError(
+            f"put @in_thread below @{type(function).__name__}, so that it decorates the function itself"
+        )
+    if inspect.iscoroutinefunction(function) or not callable(function):
+        raise TypeError(
+            f"@in_thread takes a plain blocking function, not {function!r}: a coroutine function "
+            f"does not block, so run it in the reactor thread without @in_thread"
+        )
 
     @functools.wraps(function)
     def run(*arguments: Any, **keywords: Any) -> defer.Deferred[T]:

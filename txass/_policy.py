@@ -1,5 +1,6 @@
 """
-What a server does with a request that failed, or that never finished.
+The failure policy of servers: retries of failed requests, and the limit
+on attempts for requests that fail or never finish.
 
 Every request carries the number of attempts made before it in the
 C{x-txass-attempts} header (absent means none).  The server counts an
@@ -35,6 +36,23 @@ ERROR_MESSAGE_HEADER = "x-txass-error-message"
 ERROR_TRACEBACK_HEADER = "x-txass-error-traceback"
 DEAD_LETTERED_AT_HEADER = "x-txass-dead-lettered-at"
 
+# The milliseconds an RPC caller still waits for the reply, carried by a
+# copy that waits in a retry queue, since the broker drops its expiration.
+REMAINING_HEADER = "x-txass-remaining"
+
+# The headers that describe earlier attempts, which a new copy replaces.
+ATTEMPT_HEADERS = frozenset(
+    {
+        ATTEMPTS_HEADER,
+        REMAINING_HEADER,
+        REASON_HEADER,
+        ERROR_TYPE_HEADER,
+        ERROR_MESSAGE_HEADER,
+        ERROR_TRACEBACK_HEADER,
+        DEAD_LETTERED_AT_HEADER,
+    }
+)
+
 # Why a request was dead-lettered: the handler failed on its last attempt,
 # it called resend() on its last attempt, or no delivery finished.
 FAILED = "failed"
@@ -45,10 +63,12 @@ UNFINISHED = "unfinished"
 DEFAULT_MAX_ATTEMPTS = 5
 MAX_ATTEMPTS_LIMIT = 1000
 
-# AMQP header values and the content header frame have to stay small: the
-# broker's frame_max (128 KiB by default) bounds the whole header frame.
+# The content header of a message has to fit in one frame, of at most the
+# connection's frame_max bytes (128 KiB by default on RabbitMQ, 4096 at
+# least), so error texts in headers are cut, counted in UTF-8 bytes.
 MAX_ERROR_MESSAGE = 4096
 MAX_ERROR_TRACEBACK = 16384
+MIN_FRAME_MAX = 4096
 
 # A quorum queue's message TTL is at most 2**32 - 1 ms; stay well inside.
 MAX_DELAY = 30 * 24 * 3600.0
@@ -75,7 +95,7 @@ def delay_milliseconds(seconds: float) -> int:
         return 0
     digits = math.floor(math.log10(milliseconds))
     step = 10 ** max(digits - 1, 0)
-    return int(round(milliseconds / step) * step)
+    return min(int(round(milliseconds / step) * step), int(MAX_DELAY * 1000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +123,8 @@ class Retry:
     def __post_init__(self) -> None:
         _check_seconds(self.delay, "Retry delay")
         _check_seconds(self.max_delay, "Retry max_delay")
+        if self.delay > self.max_delay:
+            raise ValueError(f"Retry delay ({self.delay!r} s) must not be longer than max_delay ({self.max_delay!r} s)")
         backoff = self.backoff
         if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 1 <= backoff <= 100:
             raise ValueError(f"Retry backoff must be a number from 1 to 100, not {backoff!r}")
@@ -150,10 +172,51 @@ def previous_attempts(headers: dict[str, Any] | None) -> int:
     return min(value, MAX_ATTEMPTS_LIMIT)
 
 
+def remaining_time(headers: dict[str, Any] | None, expiration: object) -> int | None:
+    """
+    Return the milliseconds the caller of a request still waits, from the
+    remaining-time header of a copy or from the request's expiration, or
+    L{None} when the caller waits for ever.
+    """
+    value = (headers or {}).get(REMAINING_HEADER)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(expiration, str) and expiration.isdigit():
+        return int(expiration)
+    return None
+
+
+_CUT_MARK = " [...truncated]"
+
+
 def shorten(text: str, limit: int) -> str:
     """
-    Cut C{text} to at most C{limit} characters, marking the cut.
+    Cut the end of C{text} so that it takes at most C{limit} bytes of
+    UTF-8, marking the cut.
     """
-    if len(text) <= limit:
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= limit:
         return text
-    return text[: limit - 15] + " [...truncated]"
+    kept = encoded[: max(limit - len(_CUT_MARK), 0)].decode("utf-8", "ignore")
+    return kept + _CUT_MARK if limit >= len(_CUT_MARK) else kept
+
+
+def shorten_start(text: str, limit: int) -> str:
+    """
+    Cut the start of C{text} so that it takes at most C{limit} bytes of
+    UTF-8, marking the cut.
+    """
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return text
+    kept = encoded[len(encoded) - max(limit - len(_CUT_MARK), 0) :].decode("utf-8", "ignore")
+    return _CUT_MARK.strip() + " " + kept if limit >= len(_CUT_MARK) else kept
+
+
+def encoded_size(headers: dict[str, Any] | None) -> int:
+    """
+    Return an upper estimate of the bytes C{headers} take in a message.
+    """
+    if not headers:
+        return 0
+    return len(repr(headers).encode("utf-8", "replace")) * 2

@@ -9,7 +9,7 @@ import time
 import traceback as traceback_module
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet import defer
 from twisted.internet.task import deferLater
@@ -170,7 +170,9 @@ class Server:
         self._declare_queue = declare_queue
         self._reactor = reactor
         self.state = "starting"
-        self._consumer_tag: str | None = None
+        # The consumers of the service queue and of its queue of
+        # unfinished requests.
+        self._consumer_tags: list[str] = []
         # Counts the consumer channels this server has had.  A request is
         # known by (generation, delivery tag), because delivery tags start
         # again at 1 on each channel.
@@ -202,13 +204,19 @@ class Server:
         """
         generation = self._generation
         consumer = self._consumer
-        await consumer.set_prefetch(self.prefetch)
         consumer.when_closed().addCallback(self._on_channel_closed, generation)
-        self._consumer_tag = await consumer.consume(
-            self.topology.queue,
-            lambda delivery: self._on_delivery(delivery, generation, consumer),
-            on_cancelled=self._on_cancelled,
-        )
+        self._consumer_tags = []
+        # RabbitMQ applies a prefetch limit to each consumer started after
+        # it.  Unfinished requests are taken one at a time, so a request
+        # that kills its server cannot take others of them with it.
+        for queue, prefetch in ((self.topology.queue, self.prefetch), (self.topology.unfinished_queue, 1)):
+            await consumer.set_prefetch(prefetch)
+            tag = await consumer.consume(
+                queue,
+                lambda delivery: self._on_delivery(delivery, generation, consumer),
+                on_cancelled=self._on_cancelled,
+            )
+            self._consumer_tags.append(tag)
         self.state = "running"
         self.log.info(
             "serving {service} with {handler} (prefetch {prefetch})",
@@ -228,7 +236,7 @@ class Server:
     def _on_cancelled(self) -> None:
         if self.state != "running":
             return
-        self._consumer_tag = None
+        self._consumer_tags = []
         if not self._resumes:
             self.log.error(
                 "the broker cancelled the consumer of {service} (was queue {queue!r} deleted?); "
@@ -256,7 +264,7 @@ class Server:
         for key in lost:
             self._abandoned.add(key)
             self._in_flight.pop(key, None)
-        self._consumer_tag = None
+        self._consumer_tags = []
         if not self._resumes:
             self.state = "stopped"
             self.log.error(
@@ -325,10 +333,17 @@ class Server:
             )
             defer.Deferred.fromCoroutine(consumer.close())
             return
-        if self.state != "running":
+        if self.state not in ("running", "starting"):
             # Deliveries can still arrive between basic.cancel and its
             # cancel-ok; they go back to the queue for another server.
-            self._reject(key, requeue=True)
+            # (While starting, the first consumer already receives.)
+            if self.state == "draining":
+                giving_back = defer.Deferred.fromCoroutine(self._give_back(delivery, key))
+                if not giving_back.called:
+                    self._in_flight[key] = giving_back
+                giving_back.addBoth(self._finished, delivery, key)
+            else:
+                self._reject(key, requeue=True)
             return
         d = defer.Deferred.fromCoroutine(self._serve(delivery, key))
         if not d.called:
@@ -416,6 +431,32 @@ class Server:
             )
             return
 
+        await self._handle(delivery, key, request, attempts)
+
+    async def _give_back(self, delivery: Delivery, key: tuple[int, int]) -> None:
+        """
+        Return a request that arrived while this server stops to its queue
+        as an unchanged copy, so that it does not come back redelivered,
+        counting an attempt it never had.
+        """
+        queue = self.topology.queue
+        if delivery.routing_key == self.topology.unfinished_queue:
+            queue = self.topology.unfinished_queue
+        copied = await self._publish_copy(
+            delivery, key, queue, {}, persistent=False, keep=True, expiration=delivery.properties.expiration
+        )
+        if copied == "copied":
+            if key not in self._abandoned:
+                self._ack(key)
+        elif copied == "failed" and key not in self._abandoned:
+            self._reject(key, requeue=True)
+
+    async def _handle(self, delivery: Delivery, key: tuple[int, int], request: _envelope.Request, attempts: int) -> None:
+        """
+        Run the handler for a request with C{attempts} attempts behind it,
+        then reply, retry, or dead-letter as the outcome and the policy require.
+        """
+        properties = delivery.properties
         disposition = Disposition()
         context = RequestContext(
             service=self.service,
@@ -446,22 +487,26 @@ class Server:
             # failure like any other, not a reason to leave the request.
             error = e
             failure = Failure()
+            asked_by_handler = disposition.action is not None
             hook = None
             if not isinstance(e, MethodNotFound):
                 function = served_by[0] if served_by else None
                 hook = self.dispatcher.error_hook(function)
             if hook is not None:
-                error, failure = await self._run_error_hook(hook, context, error, failure)
+                # The handler's own error is logged below, whatever error the
+                # hook reports instead.
+                error, _ = await self._run_error_hook(hook, context, error, failure)
             if disposition.action is None:
                 self._log_handler_error(context, failure)
             else:
                 self.log.info(
                     "handler {service}.{method} raised {error_type} for request {message_id}, "
-                    "and its on_error hook chose to {action} it",
+                    "and {who} asked to {action} the request",
                     service=self.service,
                     method=context.method,
                     error_type=type(e).__name__,
                     message_id=context.message_id,
+                    who="the handler" if asked_by_handler else "its on_error hook",
                     action=disposition.action,
                 )
 
@@ -580,16 +625,41 @@ class Server:
             await self._dead_letter(delivery, key, request, attempts, reason, error)
             return
         if delay is None:
-            if self.retry is not None:
-                delay = self.retry.delay_before(attempts + 1)
-            elif reason == _policy.UNFINISHED:
+            if reason == _policy.UNFINISHED:
                 delay = 0.0
+            elif self.retry is not None:
+                delay = self.retry.delay_before(attempts + 1)
             else:
                 delay = Retry().delay_before(attempts + 1)
         milliseconds = _policy.delay_milliseconds(delay)
         queue = self.topology.retry_queue(milliseconds) if milliseconds else self.topology.queue
-        headers = {_policy.ATTEMPTS_HEADER: attempts}
-        copied = await self._publish_copy(delivery, key, queue, headers, persistent=False)
+        if reason == _policy.UNFINISHED:
+            # Served one at a time, at once: the restart of a crashed
+            # server is delay enough.
+            milliseconds = 0
+            queue = self.topology.unfinished_queue
+        headers: dict[str, Any] = {_policy.ATTEMPTS_HEADER: attempts}
+        expiration = properties.expiration
+        budget = _policy.remaining_time(properties.headers, properties.expiration)
+        if budget is not None:
+            # An RPC caller stops waiting when its timeout ends, so an
+            # attempt after that would be wasted.  The broker drops the
+            # expiration of a message it moves out of a retry queue, so
+            # the time left travels in a header.
+            if milliseconds >= budget:
+                self.log.info(
+                    "request {message_id} to {service}.{method} is not tried again: its caller stops "
+                    "waiting before the next attempt",
+                    message_id=properties.message_id,
+                    service=self.service,
+                    method=request.method,
+                )
+                body = self._error_body(request.method, error, request.meta, request.codec)
+                await self._reply_and_ack(delivery, key, request.method, request.meta, body, request.codec)
+                return
+            headers[_policy.REMAINING_HEADER] = budget - milliseconds
+            expiration = str(budget) if not milliseconds else None
+        copied = await self._publish_copy(delivery, key, queue, headers, persistent=False, expiration=expiration)
         if copied == "lost":
             return
         if copied == "copied":
@@ -610,11 +680,16 @@ class Server:
         # the request.
         self.log.error(
             "request {message_id} to {service}.{method} cannot be queued for another attempt; "
-            "replying with its error instead",
+            "replying with an error instead",
             message_id=properties.message_id,
             service=self.service,
             method=request.method,
         )
+        if isinstance(error, RequestDeadLettered):
+            error = PublishFailed(
+                f"request to {self.service}.{request.method} could not be queued for another attempt "
+                f"(attempt {attempts} of {self.max_attempts}); see the server's log"
+            )
         body = self._error_body(request.method, error, request.meta, request.codec)
         await self._reply_and_ack(delivery, key, request.method, request.meta, body, request.codec)
 
@@ -628,19 +703,25 @@ class Server:
         error: BaseException,
     ) -> None:
         properties = delivery.properties
+        # The whole content header has to fit in one frame, whose size the
+        # connection negotiated, beside the request's own properties.
+        room = self._frame_max() - 1024 - _policy.encoded_size(properties.headers)
+        message = _policy.shorten(_describe(error), min(_policy.MAX_ERROR_MESSAGE, max(room // 2, 0)))
         headers: dict[str, Any] = {
             _policy.ATTEMPTS_HEADER: attempts,
             _policy.REASON_HEADER: reason,
             _policy.ERROR_TYPE_HEADER: type(error).__name__,
-            _policy.ERROR_MESSAGE_HEADER: _policy.shorten(str(error), _policy.MAX_ERROR_MESSAGE),
+            _policy.ERROR_MESSAGE_HEADER: message,
             _policy.DEAD_LETTERED_AT_HEADER: int(time.time()),
         }
-        if error.__traceback__ is not None:
+        room -= len(message.encode("utf-8", "replace"))
+        if error.__traceback__ is not None and room > 256:
             text = "".join(traceback_module.format_exception(error))
-            # The end of a traceback is the most useful part, so the start is cut.
-            if len(text) > _policy.MAX_ERROR_TRACEBACK:
-                text = "[...truncated] " + text[-(_policy.MAX_ERROR_TRACEBACK - 15) :]
-            headers[_policy.ERROR_TRACEBACK_HEADER] = text
+            # The end of a traceback is the most useful part, so the start
+            # is cut.
+            headers[_policy.ERROR_TRACEBACK_HEADER] = _policy.shorten_start(
+                text, min(_policy.MAX_ERROR_TRACEBACK, room)
+            )
         queue = self.topology.dead_letter_queue
         copied = await self._publish_copy(delivery, key, queue, headers, persistent=True)
         if copied == "lost":
@@ -681,8 +762,26 @@ class Server:
             return
         await self._reply_and_ack(delivery, key, request.method, request.meta, body, request.codec)
 
+    def _frame_max(self) -> int:
+        """
+        Return the largest frame the connection carries, in bytes.
+        """
+        try:
+            frame_max = int(self.broker._connection._protocol._impl.params.frame_max)  # type: ignore[union-attr]
+        except (AttributeError, TypeError, ValueError):
+            return _policy.MIN_FRAME_MAX
+        return max(frame_max, _policy.MIN_FRAME_MAX)
+
     async def _publish_copy(
-        self, delivery: Delivery, key: tuple[int, int], queue: str, headers: dict[str, Any], *, persistent: bool
+        self,
+        delivery: Delivery,
+        key: tuple[int, int],
+        queue: str,
+        headers: dict[str, Any],
+        *,
+        persistent: bool,
+        keep: bool = False,
+        expiration: str | None = None,
     ) -> str:
         """
         Publish a copy of a request to C{queue} with C{headers} added, and
@@ -691,13 +790,18 @@ class Server:
 
         @param persistent: Whether the copy is persistent and never
             expires, as a dead-lettered request must be; otherwise it keeps
-            the request's delivery mode and expiration.
+            the request's delivery mode.
+        @param keep: Whether the copy keeps txass's own headers as they
+            are, rather than lose those of earlier attempts.
+        @param expiration: The copy's per-message TTL in milliseconds, as
+            the AMQP property's text, or L{None} for none.
         @return: C{"copied"} once the broker confirmed the copy, C{"lost"}
             when the connection was lost (the broker then delivers the
             request again), or C{"failed"}.
         """
         properties = delivery.properties
-        merged = {name: value for name, value in (properties.headers or {}).items() if name not in _BROKER_HEADERS}
+        dropped = _BROKER_HEADERS if keep else _BROKER_HEADERS | _policy.ATTEMPT_HEADERS
+        merged = {name: value for name, value in (properties.headers or {}).items() if name not in dropped}
         merged.update(headers)
         copy = MessageProperties(
             content_type=properties.content_type,
@@ -710,7 +814,7 @@ class Server:
             type=properties.type,
             timestamp=properties.timestamp,
             app_id=properties.app_id,
-            expiration=None if persistent else properties.expiration,
+            expiration=expiration,
         )
         for again in (False, True):
             try:
@@ -794,7 +898,7 @@ class Server:
         text: str | None = None
         if self.send_tracebacks:
             text = "".join(traceback_module.format_exception(error))
-        return _envelope.encode_error(method, type(error).__name__, str(error), meta, text, codec)
+        return _envelope.encode_error(method, type(error).__name__, _describe(error), meta, text, codec)
 
     async def _reply_and_ack(
         self,
@@ -944,11 +1048,15 @@ class Server:
             service=self.service,
             count=len(self._in_flight),
         )
-        if previous not in ("stopped", "interrupted") and self._consumer_tag is not None:
-            try:
-                await self._consumer.cancel(self._consumer_tag)
-            except TxassError as e:
-                self.log.warn("cancelling consumer of {service} failed: {error}", service=self.service, error=e)
+        if previous not in ("stopped", "interrupted"):
+            # Each cancel waits a bounded time for the broker, so they run
+            # side by side rather than add up.
+            cancels = [defer.Deferred.fromCoroutine(self._consumer.cancel(tag)) for tag in self._consumer_tags]
+            for success, outcome in await defer.DeferredList(cancels, consumeErrors=True):
+                if not success:
+                    failure = cast(Failure, outcome)
+                    failure.trap(TxassError)
+                    self.log.warn("cancelling consumer of {service} failed: {error}", service=self.service, error=failure.value)
         if self._in_flight:
             # Handlers still running after the grace period are not
             # cancelled: they may not support it, and their requests go back
@@ -996,3 +1104,13 @@ class Server:
         waiting, self._stopped = self._stopped, []
         for d in waiting:
             d.callback(None)
+
+
+def _describe(error: BaseException) -> str:
+    """
+    Return the message of C{error}, even when its C{__str__} fails.
+    """
+    try:
+        return str(error)
+    except Exception as e:
+        return f"<the message of this {type(error).__name__} cannot be shown: {type(e).__name__}>"

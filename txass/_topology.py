@@ -17,10 +17,14 @@ For a service C{S}:
     C{S.retry.<milliseconds>}, which returns it to C{S} when its delay is
     over;
   - a request that failed for good is kept in the durable queue
-    C{S.dead-letter}.
+    C{S.dead-letter};
+  - a request whose last delivery never finished (its server died) waits in
+    the durable queue C{S.unfinished}, which servers take one request at a
+    time from.
 
 Service names cannot contain C{.client.} or C{.retry.}, nor end with
-C{.dead-letter}, so these queues never take the name of another service.
+C{.dead-letter} or C{.unfinished}, so these queues never take the name of
+another service.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
 _TEMPORARY_PREFIX = "tmp-"
 _RETRY_INFIX = ".retry."
 _DEAD_LETTER_SUFFIX = ".dead-letter"
+_UNFINISHED_SUFFIX = ".unfinished"
 
 
 def _check_name(value: object, what: str, limit: int) -> str:
@@ -69,8 +74,9 @@ def check_service_name(name: object) -> str:
         raise InvalidName(f"invalid service name {name!r}: '.client.' is kept for result queues")
     if _RETRY_INFIX in name:
         raise InvalidName(f"invalid service name {name!r}: {_RETRY_INFIX!r} is kept for retry queues")
-    if name.endswith(_DEAD_LETTER_SUFFIX):
-        raise InvalidName(f"invalid service name {name!r}: names ending with {_DEAD_LETTER_SUFFIX!r} are kept for dead-letter queues")
+    for suffix, kept_for in ((_DEAD_LETTER_SUFFIX, "dead-letter queues"), (_UNFINISHED_SUFFIX, "queues of unfinished requests")):
+        if name.endswith(suffix):
+            raise InvalidName(f"invalid service name {name!r}: names ending with {suffix!r} are kept for {kept_for}")
     return name
 
 
@@ -148,3 +154,10 @@ class Topology:
         The durable queue that keeps the requests that failed for good.
         """
         return f"{self.service}{_DEAD_LETTER_SUFFIX}"
+
+    @property
+    def unfinished_queue(self) -> str:
+        """
+        The durable queue of requests whose last delivery never finished.
+        """
+        return f"{self.service}{_UNFINISHED_SUFFIX}"

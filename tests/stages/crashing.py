@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.internet import reactor, task
+
 import txass
 
 # The exit status of a process that crash() ended.
@@ -20,3 +22,7 @@ class Crasher:
 
     def attempt(self, value: Any) -> int:
         return txass.current_request().attempt
+
+    async def slow(self, value: Any) -> dict[str, Any]:
+        await task.deferLater(reactor, 0.05, lambda: None)
+        return {"value": value, "attempt": txass.current_request().attempt}
