@@ -26,6 +26,9 @@ setup(
         "pika>=1.3.2",
         "pyOpenSSL>=24.0.0",
         "service_identity>=24.1.0",
+        # Used directly to read certificates and keys for TLS; pyOpenSSL
+        # needs it too.
+        "cryptography>=41.0.5",
     ],
     entry_points={
         "console_scripts": ["txass = txass._cli:main"],

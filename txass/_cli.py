@@ -46,7 +46,15 @@ from twisted.logger import (
 
 import txass
 from txass import _envelope
-from txass._connection import DEFAULT_URL, URL_ENVIRONMENT_VARIABLE, BrokerAddress, InvalidURL, parse_url
+from txass._connection import (
+    DEFAULT_URL,
+    URL_ENVIRONMENT_VARIABLE,
+    BrokerAddress,
+    InvalidURL,
+    add_tls_options,
+    parse_url,
+    read_url_file,
+)
 from txass._rpc import DEFAULT_TIMEOUT, MAX_TIMEOUT, check_timeout
 from txass._topology import check_service_name
 from txass._util import wait_at_most, when_done
@@ -418,6 +426,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         ),
     )
     call.add_argument(
+        "--broker-file",
+        metavar="PATH",
+        default=None,
+        help=(
+            "File whose first line is the broker URL, readable by its owner only, so that the "
+            "password does not appear in the command line."
+        ),
+    )
+    call.add_argument(
         "-b",
         "--broker",
         metavar="URL",
@@ -451,6 +468,44 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
             "txass.current_request().meta [default: {}]."
         ),
     )
+    tls = call.add_argument_group(
+        "TLS options",
+        "Each sets the broker URL option named in parentheses, and needs an\namqps:// broker URL.",
+    )
+    tls.add_argument(
+        "--tls-cacert",
+        metavar="PATH",
+        help=(
+            "PEM file of the CA certificates to verify the broker's certificate against, in place "
+            "of the system trust store (cacertfile)."
+        ),
+    )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="PATH",
+        help="PEM file of the client certificate, for a broker that requires one; give --tls-key too (certfile).",
+    )
+    tls.add_argument(
+        "--tls-key",
+        metavar="PATH",
+        help="PEM file of the client certificate's unencrypted private key (keyfile).",
+    )
+    tls.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help=(
+            "Name to check the broker's certificate against and to send as TLS server name, in place "
+            "of the URL's host, for example when connecting by IP address (server_name)."
+        ),
+    )
+    tls.add_argument(
+        "--tls-insecure-skip-verify",
+        action="store_true",
+        help=(
+            "INSECURE: do not verify the broker's TLS certificate, so anyone on the network path can "
+            "impersonate the broker; a warning is logged (insecure_skip_verify=true)."
+        ),
+    )
     call.add_argument(
         "-v",
         "--verbose",
@@ -458,6 +513,36 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         help="Log connection and call events of txass and pika to stderr (off by default).",
     )
     return parser, call
+
+
+# The TLS options of txass call, and the broker URL option each sets.
+_TLS_URL_OPTIONS = {
+    "tls_cacert": "cacertfile",
+    "tls_cert": "certfile",
+    "tls_key": "keyfile",
+    "tls_server_name": "server_name",
+}
+
+
+def _add_tls_options(call: argparse.ArgumentParser, namespace: argparse.Namespace, url: str) -> str:
+    """
+    Return C{url} with the URL options that the TLS command-line options
+    set, exiting with a usage error if they cannot be added or do not go
+    together.
+    """
+    added = {name: getattr(namespace, attribute) for attribute, name in _TLS_URL_OPTIONS.items()}
+    if namespace.tls_insecure_skip_verify:
+        added["insecure_skip_verify"] = "true"
+    attributes = (*_TLS_URL_OPTIONS, "tls_insecure_skip_verify")
+    flags_given = [f"--{attribute.replace('_', '-')}" for attribute in attributes if getattr(namespace, attribute)]
+    if not flags_given:
+        return url
+    try:
+        url = add_tls_options(url, added)
+        parse_url(url)
+    except InvalidURL as e:
+        call.error(f"{', '.join(flags_given)}: {e}")
+    return url
 
 
 def parse_arguments(argv: list[str] | None = None) -> CallArguments:
@@ -473,6 +558,14 @@ def parse_arguments(argv: list[str] | None = None) -> CallArguments:
     parser, call = build_parser()
     namespace = parser.parse_args(argv)
     url = namespace.broker
+    if namespace.broker_file is not None:
+        if url is not None:
+            call.error("give --broker or --broker-file, not both")
+        try:
+            url = read_url_file(namespace.broker_file)
+            parse_url(url)
+        except InvalidURL as e:
+            call.error(str(e))
     if url is None:
         # The same fallback as parse_url(None), resolved here so that an
         # invalid environment variable is a usage error that names it.
@@ -481,6 +574,7 @@ def parse_arguments(argv: list[str] | None = None) -> CallArguments:
             parse_url(url)
         except InvalidURL as e:
             call.error(f"environment variable {URL_ENVIRONMENT_VARIABLE}: {e}")
+    url = _add_tls_options(call, namespace, url)
     return CallArguments(
         service=namespace.service,
         method=namespace.method,

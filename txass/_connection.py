@@ -9,22 +9,35 @@ L{txass.errors}.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
-from collections.abc import Callable
+import re
+import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import Any, cast
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import pika
 import pika.exceptions
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+import OpenSSL
+from OpenSSL import SSL, crypto
 from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
+from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
+from service_identity.exceptions import CertificateError, VerificationError
 from twisted.internet import defer, error as internet_error, task
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Factory
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.ssl import Certificate, CertificateOptions, platformTrust, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer  # type: ignore[import-untyped]
 
 from txass.errors import (
     AuthenticationFailed,
@@ -33,6 +46,7 @@ from txass.errors import (
     ConnectionLost,
     MessageTooLarge,
     PublishFailed,
+    TLSFailed,
     TxassError,
     UnroutableMessage,
     VhostNotFound,
@@ -74,6 +88,19 @@ class BrokerAddress:
         or L{None} to accept the broker's.
     @ivar connection_timeout: Seconds allowed for the TCP, TLS and AMQP
         handshakes together.
+    @ivar cacertfile: The PEM file of the CA certificates that the broker's
+        certificate is verified against, or L{None} for the system trust
+        store.
+    @ivar certfile: The PEM file of the client certificate, followed by
+        any intermediate CA certificates, or L{None} for no client
+        certificate.
+    @ivar keyfile: The PEM file of the client certificate's unencrypted
+        private key.
+    @ivar server_name: The name sent as TLS server name indication and
+        checked against the broker's certificate, or L{None} for C{host}.
+    @ivar insecure_skip_verify: Whether the broker's certificate goes
+        unchecked, which lets anyone between client and broker read and
+        change the traffic.
     """
 
     host: str
@@ -86,14 +113,38 @@ class BrokerAddress:
     connection_timeout: float = 10.0
     channel_max: int | None = None
     frame_max: int | None = None
+    cacertfile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    server_name: str | None = None
+    insecure_skip_verify: bool = False
 
     def safe_url(self) -> str:
         """
         Return the URL with the password replaced by C{***}.
+
+        The TLS options stay, so that a log shows which CA file, client
+        certificate and server name a connection used, and whether it
+        skipped certificate verification.
         """
         scheme = "amqps" if self.tls else "amqp"
         vhost = self.vhost.replace("%", "%25").replace("/", "%2F")
-        return f"{scheme}://{self.user}:***@{self.host}:{self.port}/{vhost}"
+        url = f"{scheme}://{self.user}:***@{self.host}:{self.port}/{vhost}"
+        query = "&".join(f"{name}={quote(value, safe='/')}" for name, value in self.tls_options().items())
+        return f"{url}?{query}" if query else url
+
+    def tls_options(self) -> dict[str, str]:
+        """
+        Return the TLS query options of the URL that are set, as text.
+        """
+        options = {}
+        for name in ("cacertfile", "certfile", "keyfile", "server_name"):
+            value = getattr(self, name)
+            if value is not None:
+                options[name] = value
+        if self.insecure_skip_verify:
+            options["insecure_skip_verify"] = "true"
+        return options
 
     def connection_failed(self, reason: str, kind: type[ConnectionFailed] = ConnectionFailed) -> ConnectionFailed:
         return kind(self.host, self.port, self.vhost, self.user, reason)
@@ -114,6 +165,42 @@ class BrokerAddress:
 
 _INTEGER_OPTIONS = {"heartbeat", "channel_max", "frame_max"}
 _FLOAT_OPTIONS = {"connection_timeout"}
+_TLS_FILE_OPTIONS = {"cacertfile", "certfile", "keyfile"}
+_TLS_OPTIONS = {*_TLS_FILE_OPTIONS, "server_name", "insecure_skip_verify"}
+
+# A DNS name: dot-separated labels of letters, digits, hyphens and
+# underscores, after IDNA encoding.
+_DNS_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
+
+
+def read_url_file(path: str) -> str:
+    """
+    Read a broker URL from the first non-empty line of the file at
+    C{path}, so that the password stays out of command lines.
+
+    @raise InvalidURL: if the file cannot be read, holds no URL, or other
+        users may read or change it.  The message names the file, never
+        its content.
+    """
+    try:
+        status = os.stat(path)
+        if stat.S_ISDIR(status.st_mode):
+            raise IsADirectoryError(path)
+        with open(path, encoding="utf-8") as lines:
+            text = lines.read(65536)
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or type(e).__name__
+        raise InvalidURL(f"cannot read the broker URL file {path!r}: {reason}") from None
+    if status.st_mode & 0o077:
+        raise InvalidURL(
+            f"the broker URL file {path!r} can be read or changed by other users "
+            f"(mode {stat.S_IMODE(status.st_mode):04o}); make it readable by its owner only, "
+            f"for example with: chmod 600 {path}"
+        )
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    raise InvalidURL(f"the broker URL file {path!r} is empty: write the URL on its first line")
 
 
 def parse_url(url: str | None = None) -> BrokerAddress:
@@ -124,7 +211,10 @@ def parse_url(url: str | None = None) -> BrokerAddress:
     C{amqp://guest:guest@localhost:5672/%2F}.  The vhost is the
     percent-decoded path; an absent path means C{/}.  Query options:
     C{heartbeat} (seconds, 0 turns heartbeats off), C{connection_timeout}
-    (seconds), C{channel_max} and C{frame_max}.
+    (seconds), C{channel_max} and C{frame_max}; and for C{amqps} only, the
+    TLS options C{cacertfile}, C{certfile} and C{keyfile} (paths of PEM
+    files), C{server_name} and C{insecure_skip_verify} (C{true} or
+    C{false}).
 
     @raise InvalidURL: if the URL is not a usable AMQP URI.
     """
@@ -157,13 +247,16 @@ def parse_url(url: str | None = None) -> BrokerAddress:
 
     options: dict[str, Any] = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in _TLS_OPTIONS:
+            options[name] = _parse_tls_option(name, value)
+            continue
         try:
             if name in _INTEGER_OPTIONS:
                 options[name] = int(value)
             elif name in _FLOAT_OPTIONS:
                 options[name] = float(value)
             else:
-                known = ", ".join(sorted(_INTEGER_OPTIONS | _FLOAT_OPTIONS))
+                known = ", ".join(sorted(_INTEGER_OPTIONS | _FLOAT_OPTIONS | _TLS_OPTIONS))
                 raise InvalidURL(f"unknown broker URL option {name!r}; known options: {known}")
         except ValueError as e:
             if isinstance(e, InvalidURL):
@@ -179,12 +272,103 @@ def parse_url(url: str | None = None) -> BrokerAddress:
                 f"invalid value {value!r} for broker URL option 'connection_timeout': "
                 f"expected a finite number of seconds above 0"
             )
+    _check_tls_options(tls, options)
     address = BrokerAddress(host=host, port=port, vhost=vhost, user=user, password=password, tls=tls, **options)
     try:
         address.pika_parameters()
     except (TypeError, ValueError) as e:
         raise InvalidURL(f"invalid broker URL option: {e}") from None
     return address
+
+
+def _parse_tls_option(name: str, value: str) -> str | bool:
+    """
+    Check the value of the TLS URL option C{name}.
+
+    @raise InvalidURL: if the value is not usable.
+    """
+    if name in _TLS_FILE_OPTIONS:
+        if not value or "\0" in value:
+            raise InvalidURL(f"invalid value {value!r} for broker URL option {name!r}: expected the path of a PEM file")
+        return value
+    if name == "insecure_skip_verify":
+        if value.lower() not in ("true", "false"):
+            raise InvalidURL(f"invalid value {value!r} for broker URL option 'insecure_skip_verify': expected true or false")
+        return value.lower() == "true"
+    # The option server_name.
+    if not _is_ip_address(value):
+        try:
+            ascii_name = value.encode("idna").decode("ascii")
+        except UnicodeError:
+            ascii_name = ""
+        if not _DNS_NAME.fullmatch(ascii_name):
+            raise InvalidURL(
+                f"invalid value {value!r} for broker URL option 'server_name': expected a DNS name or an IP address"
+            )
+    return value
+
+
+def _check_tls_options(tls: bool, options: Mapping[str, Any]) -> None:
+    """
+    Check that the TLS options of a URL go together.
+
+    @raise InvalidURL: if they do not.
+    """
+    tls_options = sorted(name for name in options if name in _TLS_OPTIONS)
+    if tls_options and not tls:
+        raise InvalidURL(
+            f"broker URL option {tls_options[0]!r} is a TLS option, but the URL connects without TLS: "
+            f"use an amqps:// URL (default port 5671)"
+        )
+    if ("certfile" in options) != ("keyfile" in options):
+        raise InvalidURL(
+            "broker URL options 'certfile' and 'keyfile' go together: give the client certificate "
+            "and its private key (both may name one file holding both)"
+        )
+    if options.get("insecure_skip_verify") and "cacertfile" in options:
+        raise InvalidURL(
+            "broker URL options 'cacertfile' and 'insecure_skip_verify=true' contradict each other: "
+            "with insecure_skip_verify no certificate is checked, so remove one of them"
+        )
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def add_tls_options(url: str, options: Mapping[str, str | None]) -> str:
+    """
+    Return C{url} with the TLS query options C{options} added, for command
+    lines that take them as options of their own.
+
+    Options whose value is L{None} are left out, and the values are
+    percent-encoded.
+
+    @raise InvalidURL: if C{url} already sets one of the options, or is
+        not an C{amqps} URL while C{options} sets any.
+    """
+    values = {name: value for name, value in options.items() if value is not None}
+    if not values:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise InvalidURL("invalid broker URL: the host or port cannot be read") from None
+    if parts.scheme != "amqps":
+        raise InvalidURL("TLS options need an amqps:// broker URL, but the broker URL does not use TLS")
+    present = {name for name, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    for name in values:
+        if name not in _TLS_OPTIONS:
+            raise ValueError(f"{name!r} is not a TLS option of a broker URL")
+        if name in present:
+            raise InvalidURL(f"the broker URL sets the option {name!r} already; give it once")
+    added = "&".join(f"{name}={quote(value, safe='/')}" for name, value in values.items())
+    query = f"{parts.query}&{added}" if parts.query else added
+    return parts._replace(query=query).geturl()
 
 
 @dataclass(slots=True)
@@ -585,6 +769,9 @@ class _PikaProtocol(TwistedProtocolConnection):
     """
 
     handshake_error: Exception | None = None
+    # The exception with which the transport closed, such as the
+    # OpenSSL.SSL.Error of a failed TLS handshake.
+    lost_reason: BaseException | None = None
     _clock: Any = None
     # The reactor time at which the last bytes arrived from the broker.
     last_received = 0.0
@@ -594,6 +781,7 @@ class _PikaProtocol(TwistedProtocolConnection):
         super().dataReceived(data)
 
     def connectionLost(self, reason: Failure = internet_error.ConnectionDone()) -> None:  # type: ignore[assignment]
+        self.lost_reason = reason.value
         # NOTE: pika 1.3 and 1.4 replace the broker's Connection.Close reason
         # by ConnectionDone once the socket closes, so it is read here first,
         # from pika's private connection state.
@@ -645,6 +833,366 @@ def _describe_handshake_error(address: BrokerAddress, error: Exception | None) -
             "the network failed, or the vhost does not exist or the user has no access to it"
         )
     return address.connection_failed(f"AMQP handshake failed: {error!r}")
+
+
+# OpenSSL's certificate verification errors (X509_V_ERR_*).
+_VERIFY = SSL.X509VerificationCodes
+_UNKNOWN_ISSUER_ERRORS = frozenset(
+    {
+        _VERIFY.ERR_UNABLE_TO_GET_ISSUER_CERT,
+        _VERIFY.ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+        _VERIFY.ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE,
+    }
+)
+
+# TLS alert descriptions (RFC 8446, section 6) that the broker may send
+# while it rejects a handshake.
+_TLS_ALERTS = {
+    10: "unexpected_message",
+    20: "bad_record_mac",
+    40: "handshake_failure",
+    42: "bad_certificate",
+    43: "unsupported_certificate",
+    44: "certificate_revoked",
+    45: "certificate_expired",
+    46: "certificate_unknown",
+    47: "illegal_parameter",
+    48: "unknown_ca",
+    49: "access_denied",
+    50: "decode_error",
+    51: "decrypt_error",
+    70: "protocol_version",
+    71: "insufficient_security",
+    80: "internal_error",
+    112: "unrecognized_name",
+    116: "certificate_required",
+    120: "no_application_protocol",
+}
+_HANDSHAKE_FAILURE_ALERT = 40
+_PROTOCOL_VERSION_ALERT = 70
+_CERTIFICATE_REQUIRED_ALERT = 116
+# Alerts with which a server rejects the client certificate it was sent.
+_CLIENT_CERTIFICATE_ALERTS = frozenset({42, 43, 44, 45, 46, 48, 49})
+_FATAL_ALERT_LEVEL = 2
+
+
+def _describe_certificate(certificate: x509.Certificate) -> str:
+    return repr(certificate.subject.rfc4514_string() or "(empty subject)")
+
+
+def _certificate_names(certificate: x509.Certificate) -> str:
+    """
+    Return the DNS names and IP addresses a certificate is for, as text.
+    """
+    try:
+        alternative_names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        common_names = [str(a.value) for a in certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+        listed = ", ".join(common_names) or "no name"
+        return f"{listed} (in its common name only: it has no subjectAltName, which TLS clients check)"
+    names = [*alternative_names.get_values_for_type(x509.DNSName)]
+    names += [str(address) for address in alternative_names.get_values_for_type(x509.IPAddress)]
+    return ", ".join(names) or "no DNS name or IP address"
+
+
+def _read_tls_file(address: BrokerAddress, option: str, path: str, description: str) -> bytes:
+    try:
+        with open(path, "rb") as pem:
+            return pem.read()
+    except OSError as e:
+        raise address.connection_failed(
+            f"cannot read the {description} {path} (broker URL option {option}): {e.strerror or e}", TLSFailed
+        ) from None
+
+
+def _load_certificates(address: BrokerAddress, option: str, path: str, description: str) -> list[x509.Certificate]:
+    data = _read_tls_file(address, option, path, description)
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certificates = []
+    if not certificates:
+        raise address.connection_failed(
+            f"the {description} {path} (broker URL option {option}) contains no certificate txass can read: "
+            f"expected PEM text starting with -----BEGIN CERTIFICATE-----",
+            TLSFailed,
+        )
+    return certificates
+
+
+# pyOpenSSL 24.3 and later take cryptography's certificates and keys, and
+# deprecate passing their own X509 and PKey types in their place.
+_PYOPENSSL_TAKES_CRYPTOGRAPHY = tuple(int(part) for part in OpenSSL.__version__.split(".")[:2]) >= (24, 3)
+
+# The private key types pyOpenSSL can sign a TLS handshake with.
+_SigningKey = (
+    rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | dsa.DSAPrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
+)
+
+
+def _load_private_key(address: BrokerAddress, path: str) -> _SigningKey:
+    """
+    Load the client's private key, which must not be encrypted.
+    """
+    data = _read_tls_file(address, "keyfile", path, "client private key file")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        # cryptography's error for an encrypted key read without a password.
+        raise address.connection_failed(
+            f"cannot use the client private key file {path} (broker URL option keyfile): it is encrypted, "
+            f"and txass reads only unencrypted keys; protect the file with its permissions instead",
+            TLSFailed,
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise address.connection_failed(
+            f"the client private key file {path} (broker URL option keyfile) contains no private key txass "
+            f"can read: expected unencrypted PEM text such as -----BEGIN PRIVATE KEY-----",
+            TLSFailed,
+        ) from None
+    if not isinstance(
+        key,
+        (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, dsa.DSAPrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey),
+    ):
+        raise address.connection_failed(
+            f"cannot use the client private key file {path} (broker URL option keyfile): a "
+            f"{type(key).__name__} cannot sign a TLS handshake",
+            TLSFailed,
+        )
+    return key
+
+
+def _certificate_options(address: BrokerAddress) -> CertificateOptions:
+    """
+    Read the CA and client certificate files the URL names, and build the
+    TLS settings of a connection from them.
+
+    The files are read at each connection attempt, so that a reconnection
+    uses renewed certificates.
+
+    @raise TLSFailed: if a file cannot be read or used.
+    """
+    options: dict[str, Any] = {}
+    if address.certfile is not None and address.keyfile is not None:
+        chain = _load_certificates(address, "certfile", address.certfile, "client certificate file")
+        key = _load_private_key(address, address.keyfile)
+        public_key_format = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if chain[0].public_key().public_bytes(*public_key_format) != key.public_key().public_bytes(*public_key_format):
+            raise address.connection_failed(
+                f"the client certificate {address.certfile} (broker URL option certfile) does not match the "
+                f"private key {address.keyfile} (broker URL option keyfile)",
+                TLSFailed,
+            )
+        if _PYOPENSSL_TAKES_CRYPTOGRAPHY:
+            options["certificate"] = chain[0]
+            options["privateKey"] = key
+            options["extraCertChain"] = chain[1:]
+        else:
+            options["certificate"] = crypto.X509.from_cryptography(chain[0])
+            options["privateKey"] = crypto.PKey.from_cryptography_key(key)
+            options["extraCertChain"] = [crypto.X509.from_cryptography(certificate) for certificate in chain[1:]]
+    if address.insecure_skip_verify:
+        return CertificateOptions(verify=False, **options)
+    if address.cacertfile is not None:
+        authorities = _load_certificates(address, "cacertfile", address.cacertfile, "CA file")
+        options["trustRoot"] = trustRootFromCertificates(
+            [Certificate(crypto.X509.from_cryptography(authority)) for authority in authorities]
+        )
+    else:
+        options["trustRoot"] = platformTrust()
+    return CertificateOptions(**options)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _ClientTLS:
+    """
+    The TLS side of one connection attempt to the broker.
+
+    It sends the server name, verifies the broker's certificate against the
+    trust root and its name against the server name, and records why a
+    handshake failed.  Twisted 26.10's C{optionsForClientTLS} checks the
+    name in a verify callback that it sets on each connection, which
+    pyOpenSSL cannot return for wrapping.  So this class makes the same
+    checks, with Twisted's certificate options and service_identity, in a
+    verify callback of its own, which also records OpenSSL's error.
+    """
+
+    def __init__(self, address: BrokerAddress) -> None:
+        """
+        @raise TLSFailed: if a certificate or key file cannot be used.
+        """
+        self._address = address
+        self._server_name = address.server_name or address.host
+        self._server_name_is_ip = _is_ip_address(self._server_name)
+        # An IP address is never sent as a server name (RFC 6066).
+        self._sni: bytes | None = None
+        if not self._server_name_is_ip:
+            try:
+                self._sni = self._server_name.encode("idna")
+            except UnicodeError:
+                raise address.connection_failed(
+                    f"the host name {self._server_name!r} cannot be sent as a TLS server name", TLSFailed
+                ) from None
+        try:
+            self._context = _certificate_options(address).getContext()
+        except SSL.Error as e:
+            raise address.connection_failed(f"cannot set up TLS with the configured files: {e}", TLSFailed) from None
+        self._context.set_info_callback(self._on_tls_event)
+        self.handshake_done = False
+        # The first failed verification: OpenSSL's error code, the depth
+        # of the certificate in the chain and the certificate.
+        self.verify_error: tuple[int, int, x509.Certificate] | None = None
+        # The broker's certificate, when it is not for the server name.
+        self.name_mismatch: x509.Certificate | None = None
+        # The first fatal alert the broker sent.
+        self.alert: int | None = None
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tlsProtocol)
+        if self._sni is not None:
+            connection.set_tlsext_host_name(self._sni)
+        if not self._address.insecure_skip_verify:
+            # The mode is the context's, so verification stays as strict.
+            connection.set_verify(self._context.get_verify_mode(), self._verify_certificate)
+        return connection
+
+    def _verify_certificate(
+        self, connection: SSL.Connection, certificate: crypto.X509, error: int, depth: int, ok: int
+    ) -> bool:
+        """
+        Keep OpenSSL's verdict on each certificate of the chain, and check
+        the name of the broker's own certificate (depth 0).
+        """
+        try:
+            if not ok:
+                if self.verify_error is None:
+                    self.verify_error = (error, depth, certificate.to_cryptography())
+                return False
+            if depth != 0:
+                return True
+            broker_certificate = certificate.to_cryptography()
+            try:
+                if self._server_name_is_ip:
+                    verify_certificate_ip_address(broker_certificate, self._server_name)
+                else:
+                    verify_certificate_hostname(broker_certificate, self._server_name)
+            except (VerificationError, CertificateError):
+                self.name_mismatch = broker_certificate
+                return False
+            return True
+        except Exception:
+            # An exception would escape into OpenSSL, so the certificate is
+            # rejected and the error logged.
+            _log.failure("checking the broker's certificate failed")
+            return False
+
+    def _on_tls_event(self, connection: SSL.Connection, where: int, value: int) -> None:
+        if where & SSL.SSL_CB_HANDSHAKE_DONE:
+            self.handshake_done = True
+        # For an alert, value holds its level in the high byte and its
+        # description in the low byte.
+        received_alert = (where & SSL.SSL_CB_READ_ALERT) == SSL.SSL_CB_READ_ALERT
+        if received_alert and value >> 8 == _FATAL_ALERT_LEVEL and self.alert is None:
+            self.alert = value & 0xFF
+
+    def describe_failure(self, reason: object) -> str | None:
+        """
+        Describe why the connection failed, when TLS is the cause.
+
+        @param reason: The exception with which the connection was lost.
+        @return: The description, or L{None} when TLS did not fail.
+        """
+        if self.name_mismatch is not None:
+            return (
+                f"hostname mismatch: certificate is for {_certificate_names(self.name_mismatch)}, not "
+                f"{self._server_name}; connect to a name the certificate is for, or set it with the broker URL "
+                f"option server_name"
+            )
+        if self.verify_error is not None:
+            return self._describe_verify_error(*self.verify_error)
+        if self.alert is not None:
+            return self._describe_alert(self.alert)
+        if isinstance(reason, SSL.Error):
+            text = _describe_ssl_error(reason)
+            # OpenSSL's error for a reply that is not a TLS record, such as
+            # RabbitMQ's AMQP protocol header on a port without TLS.
+            if "wrong version number" in text:
+                return (
+                    f"TLS handshake failed ({text}): the broker did not answer with TLS; is the port a TLS "
+                    f"listener? An amqp:// URL connects without TLS"
+                )
+            return f"TLS handshake failed: {text}"
+        closed = isinstance(reason, (internet_error.ConnectionDone, internet_error.ConnectionLost))
+        if closed and not self.handshake_done:
+            return "the connection closed during the TLS handshake; is the port a TLS listener?"
+        return None
+
+    def _trust_source(self) -> str:
+        if self._address.cacertfile is not None:
+            return f"the CA file {self._address.cacertfile} (broker URL option cacertfile)"
+        return "the system trust store; name the broker's CA file with the broker URL option cacertfile"
+
+    def _describe_verify_error(self, error: int, depth: int, certificate: x509.Certificate) -> str:
+        subject = _describe_certificate(certificate)
+        role = f"the broker's certificate {subject}" if depth == 0 else f"the CA certificate {subject} of the broker's chain"
+        if error == _VERIFY.ERR_CERT_HAS_EXPIRED:
+            return f"certificate has expired: {role} was valid until {certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+        if error == _VERIFY.ERR_CERT_NOT_YET_VALID:
+            return (
+                f"certificate is not yet valid: {role} is valid from "
+                f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC; check the clocks of client and broker"
+            )
+        if error in _UNKNOWN_ISSUER_ERRORS:
+            issuer = repr(certificate.issuer.rfc4514_string())
+            return f"certificate is not trusted (unknown CA): {role} was issued by {issuer}, which is not in {self._trust_source()}"
+        if error == _VERIFY.ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+            return f"certificate is not trusted (self-signed): {role} signed itself and is not in {self._trust_source()}"
+        if error == _VERIFY.ERR_SELF_SIGNED_CERT_IN_CHAIN:
+            return (
+                f"certificate is not trusted (unknown CA): the broker's chain ends in the CA certificate {subject}, "
+                f"which is not in {self._trust_source()}"
+            )
+        if error == _VERIFY.ERR_CERT_REVOKED:
+            return f"certificate has been revoked: {role}"
+        if error == _VERIFY.ERR_CERT_SIGNATURE_FAILURE:
+            return f"certificate signature is invalid: {role}"
+        if error == _VERIFY.ERR_INVALID_CA:
+            return f"certificate chain is invalid: {role} is used as a CA certificate but is not one"
+        if error == _VERIFY.ERR_INVALID_PURPOSE:
+            return f"certificate is not for a TLS server: the extended key usage of {role} does not allow it"
+        return f"certificate verification failed: OpenSSL verify error {error} on {role}"
+
+    def _describe_alert(self, alert: int) -> str:
+        name = _TLS_ALERTS.get(alert, f"number {alert}")
+        certfile = self._address.certfile
+        if alert == _CERTIFICATE_REQUIRED_ALERT:
+            return (
+                f"the broker requires a client certificate ({name} alert): give one with the broker URL "
+                f"options certfile and keyfile"
+            )
+        if alert == _HANDSHAKE_FAILURE_ALERT and certfile is None:
+            return (
+                f"the broker rejected the TLS handshake ({name} alert): it may require a client certificate "
+                f"(broker URL options certfile and keyfile), or accept no TLS version or cipher this client offers"
+            )
+        if alert in _CLIENT_CERTIFICATE_ALERTS and certfile is not None:
+            return f"the broker rejected the client certificate {certfile} ({name} alert)"
+        if alert == _PROTOCOL_VERSION_ALERT:
+            return f"the broker accepts no TLS version this client offers ({name} alert)"
+        return f"the broker rejected the TLS handshake ({name} alert)"
+
+
+def _describe_ssl_error(error: SSL.Error) -> str:
+    """
+    Return the reasons of OpenSSL's error queue in C{error}, such as
+    C{"wrong version number"}.
+    """
+    reasons = []
+    for entry in error.args[0] if error.args and isinstance(error.args[0], list) else []:
+        if isinstance(entry, tuple) and entry and entry[-1]:
+            reasons.append(str(entry[-1]))
+    return "; ".join(reasons) or str(error) or type(error).__name__
 
 
 class AMQPConnection:
@@ -802,9 +1350,20 @@ async def open_connection(address: BrokerAddress, reactor: Any) -> AMQPConnectio
         vhost and user, when the connection cannot be opened.
     """
     endpoint: Any = HostnameEndpoint(reactor, address.host, address.port, timeout=address.connection_timeout)
+    tls: _ClientTLS | None = None
     if address.tls:
-        endpoint = wrapClientTLS(optionsForClientTLS(address.host), endpoint)
+        tls = _ClientTLS(address)
+        # zope.interface declarations are invisible to mypy.
+        endpoint = wrapClientTLS(cast(IOpenSSLClientConnectionCreator, tls), endpoint)
+        if address.insecure_skip_verify:
+            _log.warn(
+                "INSECURE: connecting to {url} without verifying the broker's TLS certificate "
+                "(insecure_skip_verify=true), so anyone on the network path can impersonate the broker "
+                "and read or change the traffic, including the password",
+                url=address.safe_url(),
+            )
     parameters = address.pika_parameters()
+
     def build_protocol() -> _PikaProtocol:
         protocol = _PikaProtocol(parameters, custom_reactor=reactor)
         protocol._clock = reactor
@@ -824,6 +1383,8 @@ async def open_connection(address: BrokerAddress, reactor: Any) -> AMQPConnectio
     except internet_error.DNSLookupError:
         raise address.connection_failed("the host name could not be resolved") from None
     except Exception as e:
+        if tls is not None and (tls_reason := tls.describe_failure(e)) is not None:
+            raise address.connection_failed(tls_reason, TLSFailed) from None
         raise address.connection_failed(f"{type(e).__name__}: {e}") from None
 
     ready = protocol.ready
@@ -839,10 +1400,18 @@ async def open_connection(address: BrokerAddress, reactor: Any) -> AMQPConnectio
     except defer.TimeoutError:
         if protocol.transport is not None:
             protocol.transport.abortConnection()
+        if tls is not None and not tls.handshake_done:
+            raise address.connection_failed(
+                f"the TLS handshake did not complete within {address.connection_timeout:g} s", TLSFailed
+            ) from None
         raise address.connection_failed(
             f"the AMQP handshake did not complete within {address.connection_timeout:g} s"
         ) from None
     except Exception as e:
+        # A failed TLS handshake surfaces as a connection closed during the
+        # AMQP handshake, so its cause is looked for first.
+        if tls is not None and (tls_reason := tls.describe_failure(protocol.lost_reason)) is not None:
+            raise address.connection_failed(tls_reason, TLSFailed) from None
         if protocol.handshake_error is not None:
             raise _describe_handshake_error(address, protocol.handshake_error) from None
         raise address.connection_failed(f"the connection closed during the AMQP handshake: {e!r}") from None

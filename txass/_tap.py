@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from txass._broker import DEFAULT_GRACE, DEFAULT_PREFETCH, Broker
-from txass._connection import URL_ENVIRONMENT_VARIABLE, InvalidURL, parse_url
+from txass._connection import DEFAULT_URL, URL_ENVIRONMENT_VARIABLE, InvalidURL, add_tls_options, parse_url, read_url_file
 from txass._handler import load_handler, make_dispatcher
 from txass._policy import DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, Retry, check_max_attempts
 from txass._server import DEFAULT_MAX_REQUEST_SIZE, Server
@@ -58,6 +58,47 @@ def _max_attempts(value: str) -> int:
         raise ValueError(f"--max-attempts must be an integer from 1 to {MAX_ATTEMPTS_LIMIT}, not {value!r}") from None
 
 
+# The TLS options of twistd ass, and the broker URL option each sets.
+_TLS_URL_OPTIONS = {
+    "tls-cacert": "cacertfile",
+    "tls-cert": "certfile",
+    "tls-key": "keyfile",
+    "tls-server-name": "server_name",
+}
+
+
+def _add_tls_options(options: usage.Options) -> str | None:
+    """
+    Return the broker URL with the URL options that the TLS command-line
+    options set, or the URL unchanged when none is given.
+
+    @raise usage.UsageError: if the URL is not an C{amqps} URL, sets one of
+        the options already, or the options do not go together.
+    """
+    url: str | None = options["broker"]
+    added = {name: options[flag] for flag, name in _TLS_URL_OPTIONS.items()}
+    if options["tls-insecure-skip-verify"]:
+        added["insecure_skip_verify"] = "true"
+    flags_given = [f"--{flag}" for flag in (*_TLS_URL_OPTIONS, "tls-insecure-skip-verify") if options[flag]]
+    if not flags_given:
+        return url
+    if url is None:
+        url = os.environ.get(URL_ENVIRONMENT_VARIABLE) or DEFAULT_URL
+    try:
+        url = add_tls_options(url, added)
+        parse_url(url)
+    except InvalidURL as e:
+        raise usage.UsageError(f"{', '.join(flags_given)}: {e}") from None
+    return url
+
+
+def _expose(value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",")]
+    if not all(names):
+        raise ValueError(f"--expose must be method names separated by commas, such as foo,bar, not {value!r}")
+    return names
+
+
 class Options(usage.Options):
     """
     Command-line options of C{twistd ass}.
@@ -82,6 +123,22 @@ class Options(usage.Options):
             "mymod.Echo (required).  The current directory is importable.",
         ],
         ["handler", None, None, "Alias of --reactor."],
+        [
+            "expose",
+            None,
+            None,
+            "Comma-separated names of the only methods that requests may call, "
+            "such as foo,bar [default: every public method of the handler, or "
+            "every method marked with @txass.expose].",
+            _expose,
+        ],
+        [
+            "broker-file",
+            None,
+            None,
+            "File whose first line is the broker URL, readable by its owner only, "
+            "so that the password does not appear in the command line.",
+        ],
         [
             "broker",
             "b",
@@ -133,10 +190,46 @@ class Options(usage.Options):
             "then it goes to the queue SERVICE.dead-letter.",
             _max_attempts,
         ],
+        [
+            "tls-cacert",
+            None,
+            None,
+            "PEM file of the CA certificates to verify the broker's certificate against, in place "
+            "of the system trust store.  This and the other --tls options set the broker URL "
+            "option of the same meaning (here cacertfile) and need an amqps:// URL.",
+        ],
+        [
+            "tls-cert",
+            None,
+            None,
+            "PEM file of the client certificate, for a broker that requires one; give --tls-key "
+            "too (URL option certfile).",
+        ],
+        [
+            "tls-key",
+            None,
+            None,
+            "PEM file of the client certificate's unencrypted private key (URL option keyfile).",
+        ],
+        [
+            "tls-server-name",
+            None,
+            None,
+            "Name to check the broker's certificate against and to send as TLS server name, in "
+            "place of the URL's host, for example when connecting by IP address (URL option "
+            "server_name).",
+        ],
     ]
 
     optFlags = [
         ["tracebacks", None, "Send the handler's traceback text in error replies (off by default)."],
+        [
+            "tls-insecure-skip-verify",
+            None,
+            "INSECURE: do not verify the broker's TLS certificate, so anyone on the network path "
+            "can impersonate the broker; each connection logs a warning (URL option "
+            "insecure_skip_verify=true).",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -151,6 +244,14 @@ class Options(usage.Options):
             check_service_name(self["service"])
         except InvalidName as e:
             raise usage.UsageError(str(e)) from None
+        if self["broker-file"] is not None:
+            if self["broker"] is not None:
+                raise usage.UsageError("give --broker or --broker-file, not both")
+            try:
+                self["broker"] = read_url_file(self["broker-file"])
+            except InvalidURL as e:
+                raise usage.UsageError(str(e)) from None
+        self["broker"] = _add_tls_options(self)
         try:
             parse_url(self["broker"])
         except InvalidURL as e:
@@ -158,7 +259,11 @@ class Options(usage.Options):
         if not (math.isfinite(self["grace"]) and self["grace"] >= 0):
             raise usage.UsageError(f"--grace must be a finite number of seconds >= 0, not {self['grace']}")
         self["retry"] = None
-        if self["retry-delay"] is not None:
+        if self["retry-delay"] is None:
+            for name, default in (("retry-backoff", 2.0), ("retry-max-delay", 300.0)):
+                if self[name] != default:
+                    raise usage.UsageError(f"--{name} needs --retry-delay, which turns retrying on")
+        else:
             try:
                 self["retry"] = Retry(
                     delay=self["retry-delay"], backoff=self["retry-backoff"], max_delay=self["retry-max-delay"]
@@ -191,6 +296,7 @@ class StageService(Service):
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
         retry: Retry | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        expose: list[str] | None = None,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -206,6 +312,7 @@ class StageService(Service):
         self.max_request_size = max_request_size
         self.retry = retry
         self.max_attempts = max_attempts
+        self.expose = expose
         self._reactor = reactor
         self._broker: Broker | None = None
         self._server: Server | None = None
@@ -249,6 +356,7 @@ class StageService(Service):
             max_request_size=self.max_request_size,
             retry=self.retry,
             max_attempts=self.max_attempts,
+            expose=self.expose,
         )
         self._server.when_stopped().addCallback(self._server_stopped)
 
@@ -302,7 +410,7 @@ def makeService(options: Options) -> StageService:
         sys.path.insert(0, os.getcwd())
     try:
         handler = load_handler(options["reactor"])
-        make_dispatcher(handler)
+        make_dispatcher(handler, expose=options["expose"])
     except InvalidHandler as e:
         raise SystemExit(f"twistd ass: {e}") from None
     return StageService(
@@ -315,4 +423,5 @@ def makeService(options: Options) -> StageService:
         max_request_size=options["max-request-size"],
         retry=options["retry"],
         max_attempts=options["max-attempts"],
+        expose=options["expose"],
     )

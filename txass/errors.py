@@ -14,6 +14,7 @@ __all__ = [
     "ConnectionFailed",
     "AuthenticationFailed",
     "VhostNotFound",
+    "TLSFailed",
     "ConnectionLost",
     "ChannelClosed",
     "PublishFailed",
@@ -76,6 +77,16 @@ class VhostNotFound(ConnectionFailed):
     """
     Raised when the broker has no such virtual host, or the user has no
     access to it (RabbitMQ reports both the same way).
+    """
+
+
+class TLSFailed(ConnectionFailed):
+    """
+    Raised when a TLS (C{amqps}) connection cannot be set up: a certificate
+    or key file named by the broker URL cannot be used, the broker's
+    certificate fails verification, or the broker rejects the TLS
+    handshake.  C{reason} names the check that failed, for example that the
+    certificate has expired or is for another host name.
     """
 
 
