@@ -590,6 +590,11 @@ class Server:
         delay: float | None,
         error: BaseException,
     ) -> None:
+        """
+        Move a request on as L{_move} does, and meanwhile mark it as
+        moving, so that its copy, arriving early on this server, waits until
+        the original is acknowledged.
+        """
         message_id = delivery.properties.message_id
         settled: defer.Deferred[None] = defer.Deferred()
         if message_id:
