@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import txass
 from tests.support import BROKER_URL, connect, remove_after, unique_name, within
-from txass._connection import DEFAULT_URL, InvalidURL, _describe_handshake_error, parse_url
+from txass._connection import DEFAULT_URL, AMQPChannel, InvalidURL, _describe_handshake_error, parse_url
 
 
 def closed_port() -> int:
@@ -232,3 +232,110 @@ class ConnectionLossTests(unittest.TestCase):
         transport = broker._connection._protocol.transport
         reactor.callLater(0, transport.abortConnection)
         await self.assertFailure(within(pending), txass.ConnectionLost)
+
+
+class _RawChannel:
+    """
+    The part of pika's channel that AMQPChannel acknowledges on.
+    """
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, int, bool]] = []
+        self.is_open = True
+        self._channel = self
+        self.on_closed: defer.Deferred[None] = defer.Deferred()
+
+    def add_on_cancel_callback(self, callback: object) -> None:
+        pass
+
+    def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        self.frames.append(("ack", delivery_tag, multiple))
+
+    def basic_reject(self, delivery_tag: int, requeue: bool = True) -> None:
+        self.frames.append(("reject", delivery_tag, requeue))
+
+    def close(self) -> None:
+        self.frames.append(("close", 0, False))
+
+
+class _Receiving:
+    receiving = False
+
+    def __init__(self) -> None:
+        self.after_receiving: list[object] = []
+
+    def finish(self) -> None:
+        self.receiving = False
+        waiting, self.after_receiving = self.after_receiving, []
+        for send in waiting:
+            send()  # type: ignore[operator]
+
+
+class AckBatchTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.raw = _RawChannel()
+        self.protocol = _Receiving()
+        self.channel = AMQPChannel(self.raw, confirms=False, reactor=reactor, protocol=self.protocol)  # type: ignore[arg-type]
+        self.channel._unsettled.extend(range(1, 7))
+
+    def test_acks_batched_while_receiving(self) -> None:
+        """
+        Acknowledgements made while data is handled go out once it is done:
+        one multiple-ack for the run at the start of the unsettled
+        deliveries, and one frame for each other.
+        """
+        self.protocol.receiving = True
+        for tag in (2, 1, 4):
+            self.channel.ack(tag)
+        self.assertEqual(self.raw.frames, [])
+        self.protocol.finish()
+        self.assertEqual(self.raw.frames, [("ack", 2, True), ("ack", 4, False)])
+        self.assertEqual(list(self.channel._unsettled), [3, 4, 5, 6])
+
+    def test_later_ack_moves_past_settled(self) -> None:
+        """
+        An acknowledgement made outside received data goes out at once, and
+        the deliveries settled behind it are forgotten, so a later
+        multiple-ack never covers a delivery still being served.
+        """
+        self.protocol.receiving = True
+        self.channel.ack(4)
+        self.protocol.finish()
+        self.channel.reject(1, requeue=True)
+        self.channel.ack(3)
+        self.assertEqual(list(self.channel._unsettled), [2, 3, 4, 5, 6])
+        self.channel.ack(2)
+        self.assertEqual(list(self.channel._unsettled), [5, 6])
+        self.protocol.receiving = True
+        self.channel.ack(6)
+        self.protocol.finish()
+        self.assertEqual(
+            self.raw.frames,
+            [("ack", 4, False), ("reject", 1, True), ("ack", 3, False), ("ack", 2, False), ("ack", 6, False)],
+        )
+
+    def test_closed_channel_sends_nothing(self) -> None:
+        """
+        Acknowledgements held back for a channel that closed meanwhile are
+        dropped: the broker requeues those deliveries.
+        """
+        self.protocol.receiving = True
+        self.channel.ack(1)
+        self.raw.is_open = False
+        self.protocol.finish()
+        self.assertEqual(self.raw.frames, [])
+
+    def test_close_sends_held_acks(self) -> None:
+        """
+        Closing the channel while acknowledgements are held back sends them
+        first, so served deliveries are not requeued.
+        """
+        self.protocol.receiving = True
+        self.channel.ack(1)
+        self.channel.ack(2)
+        closing = defer.Deferred.fromCoroutine(self.channel.close())
+        self.assertEqual(self.raw.frames[:1], [("ack", 2, True)])
+        self.protocol.finish()
+        self.assertEqual(self.raw.frames[1:], [("close", 0, False)])
+        self.raw.on_closed.callback(None)
+        self.successResultOf(closing)

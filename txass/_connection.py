@@ -14,6 +14,7 @@ import math
 import os
 import re
 import stat
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -506,7 +507,7 @@ class AMQPChannel:
     L{AMQPConnection.channel} creates it.
     """
 
-    def __init__(self, channel: TwistedChannel, confirms: bool, reactor: Any = None) -> None:
+    def __init__(self, channel: TwistedChannel, confirms: bool, reactor: Any = None, protocol: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -523,6 +524,15 @@ class AMQPChannel:
         self.close_reason: Exception | None = None
         self._cancel_callbacks: dict[str, Callable[[], None]] = {}
         self._raw.add_on_cancel_callback(self._on_cancelled_by_broker)
+        # Acknowledgements made while the protocol handles received data
+        # are sent together when it is done (see _PikaProtocol), with one
+        # multiple-ack frame for every run of them at the start of the
+        # unsettled deliveries.  A frame per delivery costs as much as
+        # the rest of serving a small request.
+        self._protocol: _PikaProtocol | None = protocol
+        self._unsettled: deque[int] = deque()
+        self._settled: set[int] = set()
+        self._pending_acks: set[int] = set()
 
     def _on_cancelled_by_broker(self, frame: Any) -> None:
         callback = self._cancel_callbacks.pop(frame.method.consumer_tag, None)
@@ -674,6 +684,8 @@ class AMQPChannel:
         """
 
         def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
+            if not auto_ack:
+                self._unsettled.append(method.delivery_tag)
             on_delivery(
                 Delivery(
                     body=body,
@@ -734,18 +746,65 @@ class AMQPChannel:
         """
         Acknowledge a delivery.  On a channel or connection that is closing
         this does nothing: the broker requeues the delivery.
+
+        While the connection handles received data, the acknowledgement
+        waits until it is done, and is sent with the others made meanwhile.
         """
+        protocol = self._protocol
+        if protocol is not None and protocol.receiving:
+            if not self._pending_acks:
+                protocol.after_receiving.append(self._send_acks)
+            self._pending_acks.add(delivery_tag)
+            return
+        self._settle(delivery_tag)
+        self._send_ack(delivery_tag, multiple=False)
+
+    def _send_ack(self, delivery_tag: int, *, multiple: bool) -> None:
         try:
             if self._channel.is_open:
-                self._channel.basic_ack(delivery_tag)
+                self._channel.basic_ack(delivery_tag, multiple=multiple)
         except (pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError):
             pass
+
+    def _settle(self, delivery_tag: int) -> None:
+        """
+        Forget a delivery settled on its own, and every settled one at the
+        start of the unsettled deliveries.
+        """
+        self._settled.add(delivery_tag)
+        unsettled = self._unsettled
+        while unsettled and unsettled[0] in self._settled:
+            self._settled.discard(unsettled.popleft())
+
+    def _send_acks(self) -> None:
+        """
+        Send the acknowledgements that waited: one multiple-ack for those
+        at the start of the unsettled deliveries, one frame for each other.
+        """
+        pending, self._pending_acks = self._pending_acks, set()
+        unsettled = self._unsettled
+        highest: int | None = None
+        while unsettled and (unsettled[0] in pending or unsettled[0] in self._settled):
+            tag = unsettled.popleft()
+            if tag in pending:
+                pending.discard(tag)
+                highest = tag
+            else:
+                self._settled.discard(tag)
+        if highest is not None:
+            self._send_ack(highest, multiple=True)
+        for tag in sorted(pending):
+            self._settled.add(tag)
+            self._send_ack(tag, multiple=False)
 
     def reject(self, delivery_tag: int, *, requeue: bool) -> None:
         """
         Reject a delivery.  On a channel or connection that is closing this
         does nothing: the broker requeues the delivery.
         """
+        if delivery_tag in self._pending_acks:
+            return
+        self._settle(delivery_tag)
         try:
             if self._channel.is_open:
                 self._channel.basic_reject(delivery_tag, requeue=requeue)
@@ -753,6 +812,11 @@ class AMQPChannel:
             pass
 
     async def close(self) -> None:
+        # Acknowledgements held back until the received data is handled
+        # must go out before the channel closes, or the broker requeues
+        # deliveries that were served.
+        if self._pending_acks:
+            self._send_acks()
         try:
             if self._channel.is_open:
                 self._channel.close()
@@ -776,9 +840,38 @@ class _PikaProtocol(TwistedProtocolConnection):
     # The reactor time at which the last bytes arrived from the broker.
     last_received = 0.0
 
+    def connectionMade(self) -> None:
+        self.after_receiving = []
+        # A message is several small AMQP frames, and an RPC caller waits
+        # for the reply: with Nagle's algorithm on, the kernel can hold the
+        # last frame back until the broker's delayed ACK, about 40 ms on
+        # Linux.  Under TLS, the TCP transport is the wrapper's transport.
+        transport = self.transport
+        for _ in range(3):
+            set_no_delay = getattr(transport, "setTcpNoDelay", None)
+            if set_no_delay is not None:
+                set_no_delay(True)
+                break
+            transport = getattr(transport, "transport", None)
+        super().connectionMade()
+
+    # Whether the protocol is handling received data now, and what runs
+    # once it is done: the acknowledgements that channels held back.
+    receiving = False
+    after_receiving: list[Callable[[], None]]
+
     def dataReceived(self, data: bytes) -> None:
         self.last_received = self._clock.seconds()
-        super().dataReceived(data)
+        self.receiving = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self.receiving = False
+            waiting = getattr(self, "after_receiving", None)
+            if waiting:
+                self.after_receiving = []
+                for send in waiting:
+                    send()
 
     def connectionLost(self, reason: Failure = internet_error.ConnectionDone()) -> None:  # type: ignore[assignment]
         self.lost_reason = reason.value
@@ -1319,7 +1412,7 @@ class AMQPConnection:
                 0, "no free channel number: every channel this connection negotiated (channel_max) is open"
             ) from None
         twisted_channel = await _call(opening)
-        channel = AMQPChannel(twisted_channel, confirms=False, reactor=self._reactor)
+        channel = AMQPChannel(twisted_channel, confirms=False, reactor=self._reactor, protocol=self._protocol)
         if confirms:
             await channel.enable_confirms()
         return channel

@@ -183,6 +183,10 @@ class _CheckedDispatcher(Dispatcher):
         super().__init__(handler, description)
         self._exposed_names: frozenset[str] | None = None
         self._marked_only = False
+        # Names that passed every check on a class or object handler, whose
+        # static lookups cost more than the rest of a request's dispatch.
+        # Only attributes of the handler can enter, so it stays small.
+        self._accepted: set[str] = set()
         for name, value in self._members():
             if not _is_exposed(value):
                 continue
@@ -246,6 +250,7 @@ class _CheckedDispatcher(Dispatcher):
                     f"and this handler allows only its marked methods"
                 )
         self._exposed_names = frozenset(names)
+        self._accepted.clear()
 
 
 def _class_members(cls: type) -> Iterator[tuple[str, Any]]:
@@ -262,7 +267,9 @@ class _ClassDispatcher(_CheckedDispatcher):
         return _static_attribute(self.handler, name, self.description)
 
     def resolve(self, name: str) -> Callable[..., Any]:
-        self._check(name)
+        if name not in self._accepted:
+            self._check(name)
+            self._accepted.add(name)
         instance = self.handler()
         method: Callable[..., Any] = getattr(instance, name)
         return method
@@ -289,7 +296,9 @@ class _ObjectDispatcher(_CheckedDispatcher):
         return _static_attribute(self.handler, name, self.description)
 
     def resolve(self, name: str) -> Callable[..., Any]:
-        self._check(name)
+        if name not in self._accepted:
+            self._check(name)
+            self._accepted.add(name)
         method: Callable[..., Any] = getattr(self.handler, name)
         if not callable(method):
             raise MethodNotFound(f"{self.description} attribute {name!r} is not callable")

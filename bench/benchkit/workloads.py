@@ -1,0 +1,469 @@
+"""
+The workloads: which worker processes each one runs, and what it reports.
+
+Every workload runs under a deadline of its own.  When it ends, by success
+or failure, the driver stops the processes it started and deletes the
+queues and exchanges it declared.  All names start with C{bench-RUN}, where
+RUN is the run's random id, and a final sweep deletes any that are left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchkit.broker import BrokerAdmin
+from benchkit.processes import MemorySampler, ProcessPool, Worker, WorkerFailed, child_environment
+from benchkit.rounds import Deadline, RoundTimeout, status_kilobytes
+from benchkit.stats import Summary
+
+WORKLOADS = ("engine-floor", "cast", "rpc-sequential", "rpc-concurrent", "blocking", "backlog")
+
+# Requests a server takes at once, for every server of every library.
+SERVER_PREFETCH = 100
+
+# How long a server has to start consuming.
+READY_TIMEOUT_SECONDS = 60.0
+
+# How long the backlog server may handle no request before the round fails.
+STALL_TIMEOUT_SECONDS = 15.0
+
+# Seconds a client worker gets less than the workload's remaining time, so
+# that it reports its own timeout before the driver stops it.
+WORKER_MARGIN_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """
+    Round counts, sizes and time limits of a run.
+    """
+
+    name: str
+    rounds: int
+    warmup: int
+    floor_count: int
+    cast_count: int
+    sequential_count: int
+    concurrent_count: int
+    concurrency: tuple[int, ...]
+    blocking_count: int
+    threads: tuple[int, ...]
+    backlog_count: int
+    backlog_rounds: int
+    timeouts: dict[str, float]
+
+
+FULL = Plan(
+    name="full",
+    rounds=5,
+    warmup=1,
+    floor_count=20_000,
+    cast_count=20_000,
+    sequential_count=2_000,
+    concurrent_count=3_000,
+    concurrency=(100, 500),
+    blocking_count=5_000,
+    threads=(1, 8),
+    backlog_count=100_000,
+    backlog_rounds=3,
+    timeouts={
+        "engine-floor": 120.0,
+        "cast": 120.0,
+        "rpc-sequential": 180.0,
+        "rpc-concurrent": 300.0,
+        "blocking": 120.0,
+        "backlog": 300.0,
+    },
+)
+
+QUICK = Plan(
+    name="quick",
+    rounds=3,
+    warmup=1,
+    floor_count=5_000,
+    cast_count=3_000,
+    sequential_count=300,
+    concurrent_count=1_000,
+    concurrency=(100, 500),
+    blocking_count=1_000,
+    threads=(1, 8),
+    backlog_count=20_000,
+    backlog_rounds=2,
+    timeouts={
+        "engine-floor": 45.0,
+        "cast": 45.0,
+        "rpc-sequential": 60.0,
+        "rpc-concurrent": 90.0,
+        "blocking": 45.0,
+        "backlog": 90.0,
+    },
+)
+
+
+@dataclass
+class Measurement:
+    """
+    One metric of one system in one case, with its value in each round.
+    """
+
+    workload: str
+    case: str
+    system: str
+    metric: str
+    values: list[float]
+
+    @property
+    def summary(self) -> Summary:
+        return Summary.of(self.values)
+
+
+@dataclass
+class Outcome:
+    """
+    The measurements and errors of one workload.
+    """
+
+    workload: str
+    measurements: list[Measurement] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def find(self, case: str, system: str, metric: str) -> Measurement | None:
+        for measurement in self.measurements:
+            if (measurement.case, measurement.system, measurement.metric) == (case, system, metric):
+                return measurement
+        return None
+
+
+@dataclass
+class Names:
+    """
+    Queues and exchanges a workload declared, to delete when it ends.
+    """
+
+    queues: set[str] = field(default_factory=set)
+    exchanges: set[str] = field(default_factory=set)
+
+    def add(self, names: dict[str, Any]) -> None:
+        self.queues.update(names.get("queues", []))
+        self.exchanges.update(names.get("exchanges", []))
+
+
+@dataclass(frozen=True)
+class RpcSystem:
+    """
+    An RPC library under test: its Python, server worker and client worker.
+    """
+
+    key: str
+    label: str
+    python: Path | str
+    server_module: str
+    client_module: str
+    pythonpath: Path | None
+
+    def exchange(self, service: str) -> str | None:
+        """
+        Return the RPC exchange this system's workers use, if any.
+        """
+        return f"{service}-exchange" if self.key == "nameko" else None
+
+    def declared(self, service: str) -> Names:
+        """
+        Return the names the server declares; clients report theirs.
+        """
+        if self.key == "txass":
+            return Names({service}, {service})
+        exchange = self.exchange(service)
+        if self.key == "nameko" and exchange is not None:
+            return Names({f"rpc-{service}"}, {exchange})
+        return Names({service}, set())
+
+
+class Runner:
+    """
+    Runs workloads against one broker with one plan.
+    """
+
+    def __init__(
+        self,
+        *,
+        plan: Plan,
+        url: str,
+        run_id: str,
+        txass_python: str,
+        checkout: Path,
+        pool: ProcessPool,
+        admin: BrokerAdmin,
+        peers: dict[str, Path],
+    ) -> None:
+        self.plan = plan
+        self.url = url
+        self.run_id = run_id
+        self.txass_python = txass_python
+        self.checkout = checkout
+        self.pool = pool
+        self.admin = admin
+        self.txass_env = child_environment(pythonpath=checkout)
+        self.systems = [
+            RpcSystem("txass", "txass", txass_python, "cases.txass_server", "cases.txass_rpc", checkout),
+        ]
+        peer_workers = {
+            "pika": ("pika pair", "peers.pika_server", "peers.pika_client"),
+            "aio-pika": ("aio-pika", "peers.aiopika_server", "peers.aiopika_client"),
+            "nameko": ("nameko", "peers.nameko_service", "peers.nameko_client"),
+        }
+        for key, (label, server, client) in peer_workers.items():
+            if key in peers:
+                self.systems.append(RpcSystem(key, label, peers[key], server, client, None))
+
+    def service(self, workload: str, system: str) -> str:
+        return f"bench-{self.run_id}-{workload}-{system}"
+
+    def run(self, workload: str) -> Outcome:
+        """
+        Run one workload within its time limit, then stop its processes and
+        delete its queues and exchanges.
+        """
+        steps: dict[str, Callable[[Deadline, Outcome, Names], None]] = {
+            "engine-floor": self._engine_floor,
+            "cast": self._cast,
+            "rpc-sequential": self._rpc_sequential,
+            "rpc-concurrent": self._rpc_concurrent,
+            "blocking": self._blocking,
+            "backlog": self._backlog,
+        }
+        outcome = Outcome(workload)
+        names = Names()
+        deadline = Deadline(self.plan.timeouts[workload])
+        started = time.monotonic()
+        try:
+            steps[workload](deadline, outcome, names)
+        except (WorkerFailed, RoundTimeout) as error:
+            outcome.errors.append(str(error))
+        finally:
+            self.pool.stop_all()
+            outcome.errors.extend(self.admin.delete(names.queues, names.exchanges))
+            outcome.seconds = time.monotonic() - started
+        return outcome
+
+    # Helpers
+
+    def _round_arguments(self, service: str, count: int, deadline: Deadline) -> list[str]:
+        time_limit = max(deadline.remaining() - WORKER_MARGIN_SECONDS, 1.0)
+        return [
+            "--url", self.url,
+            "--service", service,
+            "--count", str(count),
+            "--rounds", str(self.plan.rounds),
+            "--warmup", str(self.plan.warmup),
+            "--time-limit", f"{time_limit:.1f}",
+        ]  # fmt: skip
+
+    def _start_txass(self, name: str, module: str, arguments: list[str]) -> Worker:
+        return self.pool.start(name, self.txass_python, module, arguments, self.txass_env)
+
+    @staticmethod
+    def _collect(outcome: Outcome, names: Names, system: str, result: dict[str, Any], default_case: str = "") -> None:
+        """
+        Add a worker's measurements to C{outcome}, and the names it declared
+        to C{names}; C{default_case} labels a worker's unnamed case.
+        """
+        names.add(result.get("names", {}))
+        for case, rounds in result["cases"].items():
+            for metric in rounds[0]:
+                values = [float(metrics[metric]) for metrics in rounds]
+                outcome.measurements.append(
+                    Measurement(outcome.workload, case or default_case, system, metric, values)
+                )
+
+    # Workloads
+
+    def _engine_floor(self, deadline: Deadline, outcome: Outcome, names: Names) -> None:
+        service = self.service("floor", "pika")
+        names.queues.add(service)
+        worker = self._start_txass(
+            "engine-floor", "cases.engine_floor", self._round_arguments(service, self.plan.floor_count, deadline)
+        )
+        result = worker.result(deadline.remaining())
+        self._collect(outcome, names, "pika Twisted adapter", result, f"{self.plan.floor_count:,} messages")
+
+    def _cast(self, deadline: Deadline, outcome: Outcome, names: Names) -> None:
+        service = self.service("cast", "txass")
+        names.queues.add(service)
+        names.exchanges.add(service)
+        worker = self._start_txass(
+            "cast", "cases.txass_cast", self._round_arguments(service, self.plan.cast_count, deadline)
+        )
+        result = worker.result(deadline.remaining())
+        self._collect(outcome, names, "txass", result, f"{self.plan.cast_count:,} casts")
+
+    def _rpc_sequential(self, deadline: Deadline, outcome: Outcome, names: Names) -> None:
+        self._rpc(deadline, outcome, names, "sequential", self.plan.sequential_count, (1,))
+
+    def _rpc_concurrent(self, deadline: Deadline, outcome: Outcome, names: Names) -> None:
+        self._rpc(deadline, outcome, names, "concurrent", self.plan.concurrent_count, self.plan.concurrency)
+
+    def _rpc(
+        self,
+        deadline: Deadline,
+        outcome: Outcome,
+        names: Names,
+        kind: str,
+        count: int,
+        concurrency: tuple[int, ...],
+    ) -> None:
+        """
+        Run the server and then the client of each system in turn.  A system
+        that fails is reported, and the others still run.
+        """
+        for system in self.systems:
+            service = self.service(kind, system.key)
+            declared = system.declared(service)
+            names.queues.update(declared.queues)
+            names.exchanges.update(declared.exchanges)
+            exchange = system.exchange(service)
+            extra = ["--exchange", exchange] if exchange is not None else []
+            try:
+                server = self.pool.start(
+                    f"rpc-{kind}-{system.key}-server",
+                    system.python,
+                    system.server_module,
+                    ["--url", self.url, "--service", service, *extra],
+                    child_environment(pythonpath=system.pythonpath),
+                )
+                server.wait_event("ready", min(READY_TIMEOUT_SECONDS, deadline.remaining()))
+                client = self.pool.start(
+                    f"rpc-{kind}-{system.key}-client",
+                    system.python,
+                    system.client_module,
+                    [
+                        *self._round_arguments(service, count, deadline),
+                        "--concurrency",
+                        *map(str, concurrency),
+                        *extra,
+                    ],
+                    child_environment(pythonpath=system.pythonpath),
+                )
+                self._collect(outcome, names, system.label, client.result(deadline.remaining()))
+            except (WorkerFailed, RoundTimeout, KeyError) as error:
+                outcome.errors.append(f"{system.label}: {error}")
+            finally:
+                self.pool.stop_all()
+            if deadline.expired():
+                outcome.errors.append(f"the workload's time limit of {deadline.seconds:g} s ran out")
+                return
+
+    def _blocking(self, deadline: Deadline, outcome: Outcome, names: Names) -> None:
+        service = self.service("blocking", "txass")
+        names.queues.add(service)
+        names.exchanges.add(service)
+        server = self._start_txass("blocking-server", "cases.txass_server", ["--url", self.url, "--service", service])
+        server.wait_event("ready", min(READY_TIMEOUT_SECONDS, deadline.remaining()))
+        client = self._start_txass(
+            "blocking-client",
+            "cases.txass_blocking",
+            [
+                *self._round_arguments(service, self.plan.blocking_count, deadline),
+                "--threads",
+                *map(str, self.plan.threads),
+            ],
+        )
+        self._collect(outcome, names, "txass", client.result(deadline.remaining()))
+
+    def _backlog(self, deadline: Deadline, outcome: Outcome, names: Names) -> None:
+        """
+        Run the backlog rounds.  Each round uses a new server process, so
+        there is no warm-up round.
+        """
+        service = self.service("backlog", "txass")
+        names.queues.add(service)
+        names.exchanges.add(service)
+        count = self.plan.backlog_count
+        rounds = []
+        for index in range(self.plan.backlog_rounds):
+            metrics = self._backlog_round(index + 1, service, count, deadline)
+            formatted = ", ".join(f"{name}={value:.6g}" for name, value in metrics.items())
+            print(f"  backlog round {index + 1}: {formatted}", flush=True)
+            rounds.append(metrics)
+        self._collect(outcome, names, "txass", {"cases": {f"{count:,} queued": rounds}})
+
+    def _backlog_round(self, number: int, service: str, count: int, deadline: Deadline) -> dict[str, float]:
+        """
+        Queue C{count} requests with casts, then start a server in a new
+        process and sample its memory while it drains the queue.
+        """
+        fill = self._start_txass(
+            f"backlog-fill-{number}",
+            "cases.txass_fill",
+            [
+                "--url", self.url,
+                "--service", service,
+                "--count", str(count),
+                "--time-limit", f"{max(deadline.remaining() - WORKER_MARGIN_SECONDS, 1.0):.1f}",
+            ],
+        )  # fmt: skip
+        filled = fill.result(deadline.remaining())
+
+        server = self._start_txass(
+            f"backlog-server-{number}",
+            "cases.txass_server",
+            [
+                "--url", self.url,
+                "--service", service,
+                "--prefetch", str(SERVER_PREFETCH),
+                "--expect", str(count),
+            ],
+        )  # fmt: skip
+        sampler = MemorySampler(server.pid)
+        sampler.start()
+        try:
+            connected = server.wait_event("connected", min(READY_TIMEOUT_SECONDS, deadline.remaining()))
+            drain_started = time.monotonic()
+            drained = server.wait_event("drained", deadline.remaining(), idle_timeout=STALL_TIMEOUT_SECONDS)
+            drain_ended = time.monotonic()
+            # The server's own reading is used if the process is already gone.
+            peak = status_kilobytes("VmHWM", server.pid) or drained.get("hwm_kb")
+        finally:
+            sampler.stop()
+            server.stop()
+        if peak is None:
+            raise WorkerFailed(f"cannot read VmHWM of the backlog server (pid {server.pid})")
+
+        growth = rss_growth(sampler.samples, drain_started, drain_ended)
+        return {
+            "drain_per_s": count / float(drained["seconds"]),
+            "baseline_rss_mb": float(connected["rss_kb"]) / 1024,
+            "peak_rss_mb": float(peak) / 1024,
+            "rss_growth_mb": growth / 1024,
+            "fill_per_s": float(filled["casts_per_s"]),
+        }
+
+
+def rss_growth(samples: list[tuple[float, int]], started: float, ended: float) -> float:
+    """
+    Return how much resident memory grew while a queue drained, in
+    kilobytes: the largest sample of the last tenth of the drain minus the
+    largest sample of its first tenth.  For a tenth without samples, the
+    sample nearest to it is used.
+
+    C{samples} are (monotonic seconds, kilobytes) pairs; C{started} and
+    C{ended} are monotonic seconds.
+    """
+    if not samples:
+        return 0.0
+    tenth = (ended - started) / 10
+
+    def largest_near(low: float, high: float) -> int:
+        inside = [kilobytes for moment, kilobytes in samples if low <= moment <= high]
+        if inside:
+            return max(inside)
+        middle = (low + high) / 2
+        return min(samples, key=lambda sample: abs(sample[0] - middle))[1]
+
+    return float(largest_near(ended - tenth, ended) - largest_near(started, started + tenth))
