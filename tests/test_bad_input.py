@@ -618,11 +618,11 @@ class UnicodeTests(ServedTestCase):
 
     async def test_method_names(self) -> None:
         """
-        When requests name methods outside ASCII, including one longer than
-        the 255 bytes of the type property, then each reply carries the
-        method name, result and meta unchanged.
+        When requests name methods outside ASCII, up to the 255 bytes of
+        the type property, then each reply carries the method name, result
+        and meta unchanged; a longer name is refused.
         """
-        long_name = "ü" * 200
+        long_name = "ü" * 127
         names = ["grüßen", "日本語", "🐇", "e\u0301", "שלום", "\u00e9\u200d\U0001f600", long_name]
         handler = {name: (lambda value, name=name: [name, value]) for name in names}
         _, name, _ = await self.serve(handler)
@@ -631,11 +631,16 @@ class UnicodeTests(ServedTestCase):
         for method in names:
             meta = {"méthode": method}
             body = request_body(method, TRICKY_TEXT, meta)
-            # The type property is a short string of at most 255 bytes.
-            message_id = await caller.publish(name, body, method=None if method == long_name else method)
+            message_id = await caller.publish(name, body, method=method)
             envelope = await caller.envelope(message_id)
 
             self.assertEqual(envelope, {"method": method, "result": [method, TRICKY_TEXT], "meta": meta})
+
+        too_long = "ü" * 128
+        message_id = await caller.publish(name, request_body(too_long, None, {}), method=None)
+        envelope = await caller.envelope(message_id)
+        self.assertEqual(envelope["error"]["type"], "InvalidRequest")
+        self.assertIn("256 bytes", envelope["error"]["message"])
 
     async def test_missing_unicode_method(self) -> None:
         """

@@ -521,7 +521,7 @@ class CertificateFileTests(unittest.TestCase):
         files = tls_files()
         message = await self.connect_fails(certfile=files.client_cert, keyfile=files.directory)
         self.assertIn(f"cannot read the client private key file {files.directory}", message)
-        self.assertIn("Is a directory", message)
+        self.assertIn("not a regular file", message)
 
     async def test_key_does_not_match(self) -> None:
         """

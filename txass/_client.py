@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from txass import _envelope
@@ -17,7 +17,7 @@ from txass._context import RequestContext, run_in_context
 from txass._handler import Dispatcher, call_handler, make_dispatcher
 from txass._server import PERSISTENT, new_message_id
 from txass._topology import Topology
-from txass._util import SharedResult, wait_at_most, when_done
+from txass._util import MessageLogger, SharedResult, wait_at_most, when_done
 from txass.errors import ChannelClosed, ConnectionLost, InvalidRequest, MethodNotFound, TxassError, UnroutableMessage
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class Client:
     @ivar queue: The name of the queue this client's results go to.
     """
 
-    log = Logger()
+    log = MessageLogger()
 
     def __init__(self, broker: Broker, topology: Topology, key: str | None, codec: _envelope.Codec = _envelope.JSON) -> None:
         self._broker = broker

@@ -174,6 +174,11 @@ _TLS_OPTIONS = {*_TLS_FILE_OPTIONS, "server_name", "insecure_skip_verify"}
 _DNS_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
 
 
+# The largest certificate or key file read, in bytes: a bundle of every
+# public CA is about 250 KB.
+MAX_TLS_FILE = 4 * 1024 * 1024
+
+
 def read_url_file(path: str) -> str:
     """
     Read a broker URL from the first non-empty line of the file at
@@ -184,20 +189,27 @@ def read_url_file(path: str) -> str:
         its content.
     """
     try:
+        # Checked before it is opened: opening a FIFO would wait for a
+        # writer, and a device such as /dev/zero never ends.
         status = os.stat(path)
-        if stat.S_ISDIR(status.st_mode):
-            raise IsADirectoryError(path)
-        with open(path, encoding="utf-8") as lines:
+        if not stat.S_ISREG(status.st_mode):
+            raise InvalidURL(f"cannot read the broker URL file {path!r}: it is not a regular file")
+        if status.st_mode & 0o077:
+            raise InvalidURL(
+                f"the broker URL file {path!r} can be read or changed by other users "
+                f"(mode {stat.S_IMODE(status.st_mode):04o}); make it readable by its owner only, "
+                f"for example with: chmod 600 {path}"
+            )
+        if status.st_uid != os.geteuid():
+            raise InvalidURL(
+                f"the broker URL file {path!r} belongs to another user (uid {status.st_uid}), who could "
+                f"change it; make it the file of the user that runs txass"
+            )
+        with open(path, encoding="utf-8-sig") as lines:
             text = lines.read(65536)
     except (OSError, UnicodeDecodeError) as e:
         reason = getattr(e, "strerror", None) or type(e).__name__
         raise InvalidURL(f"cannot read the broker URL file {path!r}: {reason}") from None
-    if status.st_mode & 0o077:
-        raise InvalidURL(
-            f"the broker URL file {path!r} can be read or changed by other users "
-            f"(mode {stat.S_IMODE(status.st_mode):04o}); make it readable by its owner only, "
-            f"for example with: chmod 600 {path}"
-        )
     for line in text.splitlines():
         if line.strip():
             return line.strip()
@@ -237,6 +249,15 @@ def parse_url(url: str | None = None) -> BrokerAddress:
             f"invalid broker URL scheme {parts.scheme!r}: expected 'amqp' or 'amqps', "
             f"as in {DEFAULT_URL}"
         )
+    if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
+        # An unencoded '/' or '?' in a password ends the host part early,
+        # and the rest of the password would be taken for the vhost or an
+        # option, to be shown in messages.
+        raise InvalidURL(
+            "invalid broker URL: '@' after the host part; '@', ':', '/', '?' and '#' in the user "
+            "name or password must be percent-encoded (for example %2F for '/'), and so must '@' "
+            "in a vhost (%40)"
+        )
     tls = parts.scheme == "amqps"
     host = parts.hostname or "localhost"
     if port is None:
@@ -248,6 +269,8 @@ def parse_url(url: str | None = None) -> BrokerAddress:
 
     options: dict[str, Any] = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in options:
+            raise InvalidURL(f"broker URL option {name!r} is given more than once")
         if name in _TLS_OPTIONS:
             options[name] = _parse_tls_option(name, value)
             continue
@@ -990,8 +1013,15 @@ def _certificate_names(certificate: x509.Certificate) -> str:
 
 def _read_tls_file(address: BrokerAddress, option: str, path: str, description: str) -> bytes:
     try:
+        status = os.stat(path)
+        if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_TLS_FILE:
+            raise address.connection_failed(
+                f"cannot read the {description} {path} (broker URL option {option}): it is not a regular "
+                f"file of at most {MAX_TLS_FILE} bytes",
+                TLSFailed,
+            )
         with open(path, "rb") as pem:
-            return pem.read()
+            return pem.read(MAX_TLS_FILE + 1)
     except OSError as e:
         raise address.connection_failed(
             f"cannot read the {description} {path} (broker URL option {option}): {e.strerror or e}", TLSFailed

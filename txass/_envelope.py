@@ -104,7 +104,11 @@ class _MessagePackCodec(Codec):
 
     def decode(self, body: bytes, what: str) -> Any:
         try:
-            return self._msgpack.unpackb(body, raw=False, strict_map_key=False, ext_hook=_refuse_extension)
+            # Timestamps (extension type -1, which ext_hook never sees)
+            # become integers of nanoseconds, so only plain data is built.
+            return self._msgpack.unpackb(
+                body, raw=False, strict_map_key=False, ext_hook=_refuse_extension, timestamp=2
+            )
         except Exception as e:
             raise InvalidRequest(f"{what} body is not valid MessagePack: {type(e).__name__}: {e}") from e
 
@@ -306,11 +310,17 @@ def decode_request(body: bytes, content_type: str | None, accepted: tuple[Codec,
     """
     codec = find_codec(content_type, accepted, "request")
     envelope = _decode_object(body, codec, "request")
+    if "result" in envelope or "error" in envelope:
+        # A reply published into a service queue, for example by a caller
+        # that named the queue as its reply_to, must not run a method.
+        raise InvalidRequest("request is a reply envelope (it has a 'result' or 'error' field), not a request")
     method = envelope.get("method")
     if not isinstance(method, str) or not method:
-        raise InvalidRequest(
-            f"request field 'method' must be a non-empty string, found {method!r}"
-        )
+        shown = repr(method) if len(repr(method)) <= 80 else f"a {type(method).__name__}"
+        raise InvalidRequest(f"request field 'method' must be a non-empty string, found {shown}")
+    size = len(method.encode("utf-8", "surrogatepass"))
+    if size > MAX_METHOD_BYTES:
+        raise InvalidRequest(f"request method name is {size} bytes long; at most {MAX_METHOD_BYTES} bytes are accepted")
     return Request(method=method, data=envelope.get("data"), meta=_decode_meta(envelope, "request"), codec=codec)
 
 

@@ -60,13 +60,21 @@ def _check_public(name: object, *, identifier: bool = True) -> str:
 
 
 def _static_attribute(owner: Any, name: str, described: str) -> Any:
-    attribute = inspect.getattr_static(owner, name, _MISSING)
+    if isinstance(owner, type):
+        # A class's own namespace and its bases', not its metaclass's:
+        # getattr_static on a class also finds the metaclass's methods,
+        # such as register() of every abc.ABC subclass.
+        attribute = next((vars(base)[name] for base in owner.__mro__ if name in vars(base)), _MISSING)
+    else:
+        attribute = inspect.getattr_static(owner, name, _MISSING)
     if attribute is _MISSING:
         raise MethodNotFound(f"{described} has no method {name!r}")
     if inspect.getattr_static(object, name, _MISSING) is attribute:
         raise MethodNotFound(f"method {name!r} is inherited from object and cannot be called")
     if not callable(attribute) and not isinstance(attribute, (staticmethod, classmethod)):
         raise MethodNotFound(f"{described} attribute {name!r} is not callable")
+    if isinstance(attribute, type):
+        raise MethodNotFound(f"{described} attribute {name!r} is a class, not a method")
     return attribute
 
 
@@ -310,8 +318,13 @@ class _ObjectDispatcher(_CheckedDispatcher):
 
 class _ModuleDispatcher(_CheckedDispatcher):
     def __init__(self, handler: ModuleType, description: str) -> None:
-        exported = getattr(handler, "__all__", None)
-        self._exported = frozenset(exported) if exported is not None else None
+        exported = handler.__dict__.get("__all__")
+        try:
+            self._exported = frozenset(exported) if exported is not None else None
+        except TypeError:
+            raise InvalidHandler(f"{description}: __all__ must be a list of names, not {exported!r}") from None
+        if self._exported is not None and not all(isinstance(name, str) for name in self._exported):
+            raise InvalidHandler(f"{description}: __all__ must be a list of names, not {exported!r}")
         super().__init__(handler, description)
 
     def _members(self) -> Iterator[tuple[object, Any]]:

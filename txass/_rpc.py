@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.base import DelayedCall
-from twisted.logger import Logger
 
 from txass import _envelope
 from txass._connection import AMQPChannel, Delivery, MessageProperties
 from txass._server import new_message_id
 from txass._topology import Topology
-from txass._util import SharedResult
+from txass._util import MessageLogger, SharedResult
 from txass.errors import (
     BrokerBlocked,
     CallTimeout,
@@ -118,7 +117,7 @@ class _Caller:
     L{RPCClient} on one broker connection.
     """
 
-    log = Logger()
+    log = MessageLogger()
 
     def __init__(self, broker: Broker, *, direct_reply_to: bool) -> None:
         self._broker = broker

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet import defer
 from twisted.internet.task import deferLater
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from txass import _envelope
@@ -24,7 +24,7 @@ from txass._context import Disposition, RequestContext, run_in_context
 from txass._handler import Dispatcher, call_handler
 from txass._policy import Retry
 from txass._topology import Topology
-from txass._util import wait_at_most, when_done
+from txass._util import MessageLogger, wait_at_most, when_done
 from txass.errors import (
     ChannelClosed,
     ConnectionLost,
@@ -46,6 +46,10 @@ PERSISTENT = 2
 
 # The default maximum size of a request body, in bytes.
 DEFAULT_MAX_REQUEST_SIZE = 8 * 1024 * 1024
+
+# The bytes of a content header frame besides the properties: the frame's
+# own header and end (8), class, weight and body size (12).
+_HEADER_FRAME_OVERHEAD = 20
 
 # Headers the broker sets on a message it dead-letters or redelivers.  A
 # copy that txass publishes again leaves them out: the attempts header
@@ -135,7 +139,7 @@ class Server:
     @ivar in_flight: The number of requests being served.
     """
 
-    log = Logger()
+    log = MessageLogger()
 
     def __init__(
         self,
@@ -479,9 +483,17 @@ class Server:
         try:
             result = await outcome
         except GeneratorExit:
-            # This coroutine is being closed, because the handler's
-            # Deferred was dropped unfired after the request was requeued.
-            raise
+            if not outcome.called:
+                # This coroutine is being closed, because the handler's
+                # Deferred was dropped unfired after the request was
+                # requeued.
+                raise
+            # The handler itself raised GeneratorExit: its failure like any
+            # other.
+            result = None
+            error = GeneratorExit()
+            failure = Failure(error)
+            self._log_handler_error(context, failure)
         except BaseException as e:
             # SystemExit or asyncio.CancelledError raised by a handler is its
             # failure like any other, not a reason to leave the request.
@@ -821,6 +833,20 @@ class Server:
             app_id=properties.app_id,
             expiration=expiration,
         )
+        header_size = _HEADER_FRAME_OVERHEAD + len(b"".join(copy.to_pika().encode()))
+        if header_size > self._frame_max():
+            # The broker would close the whole connection for it, and the
+            # request would come back to do that again.
+            self.log.error(
+                "request {message_id} to {service} not copied to {queue!r}: its properties would take "
+                "{size} bytes, more than the connection's frame size of {frame_max} bytes",
+                message_id=properties.message_id,
+                service=self.service,
+                queue=queue,
+                size=header_size,
+                frame_max=self._frame_max(),
+            )
+            return "failed"
         for again in (False, True):
             try:
                 if self._declare_queue is not None:

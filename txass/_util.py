@@ -1,13 +1,16 @@
 """
-Small asynchronous helpers shared by the other modules.
+Small helpers shared by the other modules: asynchronous waits, and a
+logger for message events.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from twisted.internet import defer
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
@@ -96,3 +99,27 @@ class SharedResult(Generic[T]):
         waiters, self._waiters = self._waiters or [], None
         for waiter in waiters:
             waiter.callback(value)
+
+
+# Control characters, including the C1 range and the line and paragraph
+# separators, which would let a message property forge a log line or
+# reach a terminal as an escape sequence.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+class MessageLogger(Logger):
+    """
+    A logger for events about messages: the string values of fields whose
+    names end in C{_id}, such as the C{message_id} and C{correlation_id}
+    that a publisher chose, have their control characters escaped.
+    """
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
+        for name, value in kwargs.items():
+            if name.endswith("_id") and isinstance(value, str) and _CONTROL.search(value):
+                kwargs[name] = _CONTROL.sub(_escaped, value)
+        super().emit(level, format, **kwargs)
