@@ -1209,11 +1209,6 @@ class ServerStopTests(ServedTestCase):
         served = sorted((value["label"], value["server"]) for value in results.values())
         self.assertEqual(served, [("in flight", "first"), ("late", "second")])
 
-    test_requeued_request_not_an_attempt.skip = (  # type: ignore[attr-defined]
-        "pika itself requeues a delivery that reaches a consumer after basic.cancel, so such "
-        "a request comes back redelivered and counts an attempt"
-    )
-
 
 class StageProcess(protocol.ProcessProtocol):
     """

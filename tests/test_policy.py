@@ -648,3 +648,26 @@ class MisuseTests(unittest.SynchronousTestCase):
         The largest delay rounds to no more than the documented maximum.
         """
         self.assertLessEqual(delay_milliseconds(30 * 24 * 3600.0), 30 * 24 * 3600 * 1000)
+
+
+class RemainingTimeTests(unittest.TestCase):
+    async def test_zero_delay_resends_use_up_time(self) -> None:
+        """
+        Resends without delay of an RPC request count the time the handler
+        took, so they stop once the caller's timeout would pass, and the
+        caller gets a TimeoutError reply rather than no reply.
+        """
+        name = unique_name("policy")
+        remove_after(self, name)
+        broker = await connect(self)
+        runs: list[int] = []
+
+        async def busy(value: Any) -> None:
+            runs.append(txass.current_request().attempt)
+            await task.deferLater(reactor, 0.2, lambda: None)
+            txass.current_request().resend(0)
+
+        await broker.service(name).react({"busy": busy}, max_attempts=100)
+        error = await self.assertFailure(broker.rpc(name).call("busy", None, timeout=1.0), txass.RemoteError)
+        self.assertEqual(error.type, "TimeoutError")
+        self.assertLessEqual(len(runs), 5)

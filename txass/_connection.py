@@ -762,6 +762,14 @@ class AMQPChannel:
 
         self._call_when_closed(finished)
         self._raw.basic_cancel(consumer_tag, callback=finished)
+        # NOTE: pika itself requeues every delivery that arrives between
+        # basic.cancel and cancel-ok, which marks it redelivered.  Taking
+        # the tag out of pika's private set of cancelling consumers hands
+        # those deliveries to our callback instead, and the consumer's
+        # owner decides; pika still forgets the consumer at cancel-ok.
+        cancelling = getattr(self._raw, "_cancelled", None)
+        if isinstance(cancelling, set):
+            cancelling.discard(consumer_tag)
         # A broker that stopped responding must not delay a stop.
         await _wait_bounded(done, self._reactor)
 

@@ -5,6 +5,7 @@ handler, publish the reply, then acknowledge the request.
 
 from __future__ import annotations
 
+import math
 import time
 import traceback as traceback_module
 import uuid
@@ -193,6 +194,8 @@ class Server:
         # Requests, by message id, whose copy for another attempt is being
         # published; each Deferred fires once the original is settled.
         self._moving: dict[str, defer.Deferred[None]] = {}
+        # When each request in flight arrived, in reactor seconds.
+        self._received: dict[tuple[int, int], float] = {}
 
     @property
     def service(self) -> str:
@@ -349,6 +352,7 @@ class Server:
             else:
                 self._reject(key, requeue=True)
             return
+        self._received[key] = self._reactor.seconds()
         d = defer.Deferred.fromCoroutine(self._serve(delivery, key))
         if not d.called:
             self._in_flight[key] = d
@@ -356,6 +360,7 @@ class Server:
 
     def _finished(self, result: Any, delivery: Delivery, key: tuple[int, int]) -> None:
         self._in_flight.pop(key, None)
+        self._received.pop(key, None)
         if isinstance(result, Failure):
             # A fault of txass itself, not of the handler.  The request is
             # rejected without requeueing, so it cannot block this or the
@@ -662,8 +667,12 @@ class Server:
             # An RPC caller stops waiting when its timeout ends, so an
             # attempt after that would be wasted.  The broker drops the
             # expiration of a message it moves out of a retry queue, so
-            # the time left travels in a header.
-            if milliseconds >= budget:
+            # the time left travels in a header, less the time this
+            # server held the request.
+            held = math.ceil((self._reactor.seconds() - self._received.get(key, self._reactor.seconds())) * 1000)
+            budget -= held
+            # The next attempt is taken to last as long as this one did.
+            if budget - milliseconds <= held:
                 self.log.info(
                     "request {message_id} to {service}.{method} is not tried again: its caller stops "
                     "waiting before the next attempt",
@@ -671,6 +680,11 @@ class Server:
                     service=self.service,
                     method=request.method,
                 )
+                if isinstance(error, RequestDeadLettered):
+                    error = TimeoutError(
+                        f"request to {self.service}.{request.method} is not served again: its caller's "
+                        f"timeout ends before attempt {attempts + 1} could start"
+                    )
                 body = self._error_body(request.method, error, request.meta, request.codec)
                 await self._reply_and_ack(delivery, key, request.method, request.meta, body, request.codec)
                 return
@@ -766,6 +780,11 @@ class Server:
                 method=request.method,
                 attempts=attempts,
                 queue=queue,
+            )
+        if not moved and isinstance(error, RequestDeadLettered):
+            error = PublishFailed(
+                f"request to {self.service}.{request.method} failed after {attempts} attempts and could not "
+                f"be moved to {queue!r}; see the server's log"
             )
         body = self._error_body(request.method, error, request.meta, request.codec)
         if not moved:
