@@ -6,7 +6,10 @@ Run txass's benchmark suite against a RabbitMQ broker.
 Run it with a Python that has txass's dependencies (Twisted and pika), such
 as the .venv that scripts/venv builds.  The workers import txass from this
 checkout.  docs/benchmarks.rst describes the workloads and how to read the
-results.
+results.  Type-check the suite, but not its peers (their libraries are in
+their own environments), from the checkout with
+
+    cd bench && MYPYPATH=.. mypy --strict --python-version 3.11 run.py benchkit cases
 """
 
 from __future__ import annotations
@@ -37,7 +40,15 @@ from benchkit.broker import BrokerAdmin  # noqa: E402
 from benchkit.environments import PeerLibrary, PeerUnavailable, ensure_environment, peer_libraries  # noqa: E402
 from benchkit.machine import describe, source_revision, txass_versions  # noqa: E402
 from benchkit.processes import ProcessPool, child_environment  # noqa: E402
-from benchkit.report import measurement_table, ratio_table, ratios, target_table, targets  # noqa: E402
+from benchkit.report import (  # noqa: E402
+    context,
+    context_table,
+    measurement_table,
+    ratio_table,
+    ratios,
+    target_table,
+    targets,
+)
 from benchkit.rounds import DEFAULT_URL  # noqa: E402
 from benchkit.workloads import FULL, QUICK, WORKLOADS, Outcome, Plan, Runner  # noqa: E402
 
@@ -51,7 +62,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         prog="bench/run.py",
         description="Measure txass against pika's Twisted adapter and other RPC libraries on RabbitMQ.",
     )
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller counts (about 2 minutes)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer rounds and smaller counts (docs/benchmarks.rst lists both plans)"
+    )
     parser.add_argument(
         "--only", nargs="+", choices=WORKLOADS, metavar="NAME", help=f"run only these workloads: {', '.join(WORKLOADS)}"
     )
@@ -63,7 +76,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         help="peer libraries to compare with in the RPC workloads (default: all; none with an empty list)",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every round's numbers to FILE as JSON")
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"AMQP URI of the broker (default {DEFAULT_URL})")
+    # argparse expands %-formats in help text, and the default URI contains "%2F".
+    escaped_url = DEFAULT_URL.replace("%", "%%")
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"AMQP URI of the broker (default {escaped_url})")
     parser.add_argument(
         "--txass-dir",
         type=Path,
@@ -237,6 +252,9 @@ def main(argv: list[str]) -> int:
     checks = targets(outcomes)
     print("targets (medians over rounds; memory from the worst round)\n")
     print(target_table(checks))
+    comparisons = context(outcomes)
+    print()
+    print(context_table(comparisons))
     total_seconds = time.monotonic() - started
     failed = any(outcome.errors for outcome in outcomes.values())
     print(
@@ -262,6 +280,7 @@ def main(argv: list[str]) -> int:
                 for ratio in ratios(outcome)
             ],
             "targets": [{**dataclasses.asdict(t), "verdict": t.verdict} for t in checks],
+            "context": [dataclasses.asdict(c) for c in comparisons],
             "seconds": {"total": total_seconds, "peer_setup": setup_seconds},
             "swept": swept,
         }

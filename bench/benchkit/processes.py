@@ -40,7 +40,20 @@ class Worker:
     and whose standard error goes to a log file.
     """
 
-    def __init__(self, name: str, argv: Sequence[str], *, cwd: Path, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        env: dict[str, str],
+        log_path: Path,
+        stdin: bool = False,
+    ) -> None:
+        """
+        Start the process.  With C{stdin}, its standard input is a pipe
+        that L{send} writes to, and otherwise it is C{/dev/null}.
+        """
         self.name = name
         self.log_path = log_path
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -53,7 +66,7 @@ class Worker:
                 list(argv),
                 cwd=cwd,
                 env=env,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
@@ -156,11 +169,33 @@ class Worker:
                 return message
         raise self._failure("printed no result")
 
+    def send(self, message: dict[str, Any]) -> None:
+        """
+        Write C{message} as one JSON line to the worker's standard input.
+
+        @raise WorkerFailed: The worker has exited or closed its standard
+            input.
+        @raise ValueError: The worker was started without C{stdin}.
+        """
+        if self.process.stdin is None:
+            raise ValueError(f"{self.name} was started without a standard input pipe")
+        try:
+            self.process.stdin.write(json.dumps(message) + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            raise self._failure("closed its standard input") from None
+
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """
         Terminate the worker with SIGTERM, and kill it with SIGKILL when it
         has not exited after C{grace} seconds.
         """
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except BrokenPipeError:
+                # Unsent data of a worker that has exited is dropped.
+                pass
         if self.process.poll() is not None:
             return
         self.process.terminate()
@@ -182,14 +217,22 @@ class ProcessPool:
         self._workers: list[Worker] = []
 
     def start(
-        self, name: str, python: Path | str, module: str, arguments: Sequence[str], env: dict[str, str]
+        self,
+        name: str,
+        python: Path | str,
+        module: str,
+        arguments: Sequence[str],
+        env: dict[str, str],
+        *,
+        stdin: bool = False,
     ) -> Worker:
         """
         Run C{python -m module arguments} in C{bench/}, logging to a file
-        named after C{name}.
+        named after C{name}.  With C{stdin}, the driver can L{Worker.send}
+        it lines.
         """
         argv = [str(python), "-m", module, *arguments]
-        worker = Worker(name, argv, cwd=self.bench_dir, env=env, log_path=self.log_dir / f"{name}.log")
+        worker = Worker(name, argv, cwd=self.bench_dir, env=env, log_path=self.log_dir / f"{name}.log", stdin=stdin)
         self._workers.append(worker)
         return worker
 

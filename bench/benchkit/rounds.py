@@ -10,7 +10,9 @@ on standard output::
      "names": {"queues": [...], "exchanges": [...]}}
 
 A server worker prints JSON lines of the form C{{"event": "ready", ...}}
-instead, which the driver waits for.
+instead, which the driver waits for.  In the end-to-end cases the driver
+copies each C{handled} event of the server to the client's standard input,
+which is how the client learns that a round has been handled.
 """
 
 from __future__ import annotations
@@ -71,6 +73,16 @@ def latency_metrics(latencies: Sequence[float]) -> dict[str, float]:
         "p50_ms": percentile(latencies, 0.5) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
     }
+
+
+def shared_clock() -> float:
+    """
+    Read C{CLOCK_MONOTONIC}, in seconds.  Python leaves the reference point
+    of C{time.perf_counter} and C{time.monotonic} undefined, while POSIX
+    defines this clock for the whole system, so a time read in one worker
+    process can end an interval that another one started.
+    """
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 class Deadline:

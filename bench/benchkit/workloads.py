@@ -28,8 +28,13 @@ SERVER_PREFETCH = 100
 # How long a server has to start consuming.
 READY_TIMEOUT_SECONDS = 60.0
 
-# How long the backlog server may handle no request before the round fails.
+# How long a server in the backlog and end-to-end cases may report nothing
+# before the round fails.
 STALL_TIMEOUT_SECONDS = 15.0
+
+# The suffix of the case names whose publisher and consumer run at once in
+# separate processes.
+END_TO_END = "end to end"
 
 # Seconds a client worker gets less than the workload's remaining time, so
 # that it reports its own timeout before the driver stops it.
@@ -153,6 +158,19 @@ class Names:
         self.queues.update(names.get("queues", []))
         self.exchanges.update(names.get("exchanges", []))
 
+    def update(self, other: Names) -> None:
+        self.queues.update(other.queues)
+        self.exchanges.update(other.exchanges)
+
+
+def txass_names(service: str) -> Names:
+    """
+    Return the names that a txass server or client of C{service} declares:
+    the exchange C{service}, its queue, and the queue C{service.unfinished}
+    of requests whose server died while handling them.
+    """
+    return Names({service, f"{service}.unfinished"}, {service})
+
 
 @dataclass(frozen=True)
 class RpcSystem:
@@ -178,7 +196,7 @@ class RpcSystem:
         Return the names the server declares; clients report theirs.
         """
         if self.key == "txass":
-            return Names({service}, {service})
+            return txass_names(service)
         exchange = self.exchange(service)
         if self.key == "nameko" and exchange is not None:
             return Names({f"rpc-{service}"}, {exchange})
@@ -265,8 +283,28 @@ class Runner:
             "--time-limit", f"{time_limit:.1f}",
         ]  # fmt: skip
 
-    def _start_txass(self, name: str, module: str, arguments: list[str]) -> Worker:
-        return self.pool.start(name, self.txass_python, module, arguments, self.txass_env)
+    def _start_txass(self, name: str, module: str, arguments: list[str], *, stdin: bool = False) -> Worker:
+        return self.pool.start(name, self.txass_python, module, arguments, self.txass_env, stdin=stdin)
+
+    def _relay_reports(self, server: Worker, client: Worker, deadline: Deadline) -> None:
+        """
+        Copy each C{handled} event of C{server} to the standard input of
+        C{client}, once for each of the client's rounds, warm-up included.
+        The client starts its next round only once it has the report of
+        the last one.
+
+        @raise WorkerFailed: The server reported nothing for
+            L{STALL_TIMEOUT_SECONDS}, or either worker failed.  When the
+            client has exited, its own failure is raised.
+        """
+        for _ in range(self.plan.warmup + self.plan.rounds):
+            try:
+                report = server.wait_event("handled", deadline.remaining(), idle_timeout=STALL_TIMEOUT_SECONDS)
+            except WorkerFailed:
+                if client.process.poll() is not None:
+                    client.result(deadline.remaining())
+                raise
+            client.send(report)
 
     @staticmethod
     def _collect(outcome: Outcome, names: Names, system: str, result: dict[str, Any], default_case: str = "") -> None:
@@ -285,23 +323,62 @@ class Runner:
     # Workloads
 
     def _engine_floor(self, deadline: Deadline, outcome: Outcome, names: Names) -> None:
+        """
+        Run the engine floor's rounds in one process, publishing and then
+        consuming, and then its end-to-end rounds, with the publisher and
+        the consumer in processes of their own.
+        """
+        count = self.plan.floor_count
         service = self.service("floor", "pika")
         names.queues.add(service)
-        worker = self._start_txass(
-            "engine-floor", "cases.engine_floor", self._round_arguments(service, self.plan.floor_count, deadline)
-        )
+        arguments = self._round_arguments(service, count, deadline)
+        worker = self._start_txass("engine-floor", "cases.engine_floor", arguments)
         result = worker.result(deadline.remaining())
-        self._collect(outcome, names, "pika Twisted adapter", result, f"{self.plan.floor_count:,} messages")
+        self._collect(outcome, names, "pika Twisted adapter", result, f"{count:,} messages")
+
+        service = self.service("floor-end-to-end", "pika")
+        names.queues.add(service)
+        consumer = self._start_txass(
+            "engine-floor-consumer",
+            "cases.engine_consumer",
+            ["--url", self.url, "--service", service, "--report-every", str(count)],
+        )
+        consumer.wait_event("ready", min(READY_TIMEOUT_SECONDS, deadline.remaining()))
+        publisher = self._start_txass(
+            "engine-floor-publisher",
+            "cases.engine_publisher",
+            self._round_arguments(service, count, deadline),
+            stdin=True,
+        )
+        self._relay_reports(consumer, publisher, deadline)
+        result = publisher.result(deadline.remaining())
+        self._collect(outcome, names, "pika Twisted adapter", result, f"{count:,} messages, {END_TO_END}")
 
     def _cast(self, deadline: Deadline, outcome: Outcome, names: Names) -> None:
+        """
+        Run a txass server in a process of its own, and cast to it from
+        another.
+        """
+        count = self.plan.cast_count
         service = self.service("cast", "txass")
-        names.queues.add(service)
-        names.exchanges.add(service)
-        worker = self._start_txass(
-            "cast", "cases.txass_cast", self._round_arguments(service, self.plan.cast_count, deadline)
+        names.update(txass_names(service))
+        server = self._start_txass(
+            "cast-server",
+            "cases.txass_server",
+            [
+                "--url", self.url,
+                "--service", service,
+                "--prefetch", str(SERVER_PREFETCH),
+                "--report-every", str(count),
+            ],
+        )  # fmt: skip
+        server.wait_event("ready", min(READY_TIMEOUT_SECONDS, deadline.remaining()))
+        client = self._start_txass(
+            "cast-client", "cases.txass_cast", self._round_arguments(service, count, deadline), stdin=True
         )
-        result = worker.result(deadline.remaining())
-        self._collect(outcome, names, "txass", result, f"{self.plan.cast_count:,} casts")
+        self._relay_reports(server, client, deadline)
+        result = client.result(deadline.remaining())
+        self._collect(outcome, names, "txass", result, f"{count:,} casts, {END_TO_END}")
 
     def _rpc_sequential(self, deadline: Deadline, outcome: Outcome, names: Names) -> None:
         self._rpc(deadline, outcome, names, "sequential", self.plan.sequential_count, (1,))
@@ -361,8 +438,7 @@ class Runner:
 
     def _blocking(self, deadline: Deadline, outcome: Outcome, names: Names) -> None:
         service = self.service("blocking", "txass")
-        names.queues.add(service)
-        names.exchanges.add(service)
+        names.update(txass_names(service))
         server = self._start_txass("blocking-server", "cases.txass_server", ["--url", self.url, "--service", service])
         server.wait_event("ready", min(READY_TIMEOUT_SECONDS, deadline.remaining()))
         client = self._start_txass(
@@ -382,8 +458,7 @@ class Runner:
         there is no warm-up round.
         """
         service = self.service("backlog", "txass")
-        names.queues.add(service)
-        names.exchanges.add(service)
+        names.update(txass_names(service))
         count = self.plan.backlog_count
         rounds = []
         for index in range(self.plan.backlog_rounds):

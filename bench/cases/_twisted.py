@@ -4,10 +4,16 @@ Helpers for the workers that run Twisted's reactor.
 
 from __future__ import annotations
 
+import json
+import sys
+import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
+
+from benchkit.rounds import Deadline, RoundLog, RoundTimeout, shared_clock
 
 # How many publishes wait for the broker's confirm at once, in the engine
 # floor, the cast workload and the backlog fill.  It bounds the publisher's
@@ -54,3 +60,80 @@ class Window:
             self._semaphore.release()
         if self.failures:
             self.failures[0].raiseException()
+
+
+class ServerReports:
+    """
+    The C{handled} events of the server process, which the driver copies to
+    this worker's standard input as JSON lines.
+
+    A daemon thread reads standard input, so that a worker stopped while it
+    waits for a report does not hang at exit on a blocked read.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._lines: defer.DeferredQueue[str | None] = defer.DeferredQueue()
+        self._reader = threading.Thread(target=self._read, name="read-server-reports", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in sys.stdin:
+            self._reactor.callFromThread(self._lines.put, line)
+        self._reactor.callFromThread(self._lines.put, None)
+
+    async def handled_at(self, expected: int, timeout: float) -> float:
+        """
+        Wait for the report that the server has handled C{expected} requests
+        in all, and return its L{shared_clock} time of the last one.
+
+        @raise RoundTimeout: No report came within C{timeout} seconds.
+        @raise RuntimeError: Standard input ended, or the report counts
+            another number of requests.
+        """
+        waiting = self._lines.get()
+        timer = self._reactor.callLater(timeout, waiting.cancel)
+        try:
+            line = await waiting
+        except defer.CancelledError:
+            raise RoundTimeout(
+                f"the server did not report {expected} requests handled within {timeout:.1f} s"
+            ) from None
+        finally:
+            if timer.active():
+                timer.cancel()
+        if line is None:
+            raise RuntimeError(f"standard input ended before the report of {expected} requests handled")
+        report = json.loads(line)
+        if report.get("handled") != expected:
+            raise RuntimeError(f"expected a report of {expected} requests handled, received {report}")
+        return float(report["at"])
+
+
+async def end_to_end_rounds(
+    reactor: Any, log: RoundLog, count: int, deadline: Deadline, publish: Callable[[], Awaitable[None]]
+) -> None:
+    """
+    Run every round of an end-to-end case, whose server runs in another
+    process and reports each C{count} requests it has handled.
+
+    C{publish} sends C{count} messages and returns once the broker has
+    confirmed them all.  A round reports C{requests_per_s}, from the first
+    publish to the server's time of handling the last message, and
+    C{confirmed_per_s}, to the last confirm.  The next round starts once
+    the server has reported, so rounds do not overlap.
+    """
+    reports = ServerReports(reactor)
+    for index in log.indexes():
+        started = shared_clock()
+        await publish()
+        confirmed = shared_clock()
+        handled = await reports.handled_at((index + 1) * count, deadline.remaining())
+        log.record(
+            "",
+            index,
+            {
+                "requests_per_s": count / (handled - started),
+                "confirmed_per_s": count / (confirmed - started),
+            },
+        )

@@ -8,6 +8,9 @@ decoding each body and acknowledging each message on its own.  The publish
 rate counts from the first publish to the last confirm, and the consume
 rate from C{basic.consume} to the last acknowledgement.  Publisher and
 consumer use a connection each.
+
+C{cases.engine_publisher} and C{cases.engine_consumer} do the same work in
+two processes at once.
 """
 
 from __future__ import annotations
@@ -36,13 +39,12 @@ async def open_connection(reactor: Any, url: str) -> TwistedProtocolConnection:
     return connection
 
 
-async def publish_round(channel: TwistedChannel, queue: str, count: int, deadline: Deadline) -> float:
+async def publish_bodies(channel: TwistedChannel, queue: str, bodies: list[bytes], deadline: Deadline) -> None:
     """
-    Publish C{count} messages and wait for their confirms; return seconds.
+    Publish C{bodies} as persistent messages, with at most
+    L{PUBLISH_WINDOW} unconfirmed, and wait for their confirms.
     """
     window = Window(PUBLISH_WINDOW)
-    bodies = [encoded_payload(index) for index in range(count)]
-    started = time.perf_counter()
     for body in bodies:
         await window.acquire()
         properties = pika.BasicProperties(
@@ -51,6 +53,15 @@ async def publish_round(channel: TwistedChannel, queue: str, count: int, deadlin
         window.track(channel.basic_publish("", queue, body, properties))
         deadline.check("publishing")
     await window.drain()
+
+
+async def publish_round(channel: TwistedChannel, queue: str, count: int, deadline: Deadline) -> float:
+    """
+    Publish C{count} messages and wait for their confirms; return seconds.
+    """
+    bodies = [encoded_payload(index) for index in range(count)]
+    started = time.perf_counter()
+    await publish_bodies(channel, queue, bodies, deadline)
     return time.perf_counter() - started
 
 

@@ -6,7 +6,9 @@ nothing.  The server prints JSON events on standard output: C{connected}
 with its resident memory before it consumes anything, C{ready} once it
 consumes, and, with C{--expect N}, C{progress} each second in which it
 handled requests, and C{drained} once it has handled N requests, with the
-seconds from C{react()} to the last one.
+seconds from C{react()} to the last one.  With C{--report-every N} it
+prints C{handled} each time the requests handled in all reach a multiple
+of N, with the L{shared_clock} time of the last one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from twisted.internet import defer, task
 
 import txass
-from benchkit.rounds import DEFAULT_URL, emit_event, status_kilobytes
+from benchkit.rounds import DEFAULT_URL, emit_event, shared_clock, status_kilobytes
 
 # Seconds between progress events.
 PROGRESS_INTERVAL = 1.0
@@ -29,8 +31,9 @@ class Handler:
     One shared handler instance, which counts the requests it served.
     """
 
-    def __init__(self, expect: int) -> None:
+    def __init__(self, expect: int, report_every: int = 0) -> None:
         self.expect = expect
+        self.report_every = report_every
         self.handled = 0
         self.reported = 0
         self.started = 0.0
@@ -38,6 +41,8 @@ class Handler:
 
     def _count(self) -> None:
         self.handled += 1
+        if self.report_every and self.handled % self.report_every == 0:
+            emit_event("handled", handled=self.handled, at=shared_clock())
         if self.handled == 1:
             self.first = time.perf_counter()
         if self.handled == self.expect:
@@ -67,7 +72,7 @@ class Handler:
 async def serve(reactor: Any, options: argparse.Namespace) -> None:
     broker = await txass.connect(options.url)
     emit_event("connected", rss_kb=status_kilobytes("VmRSS"))
-    handler = Handler(options.expect)
+    handler = Handler(options.expect, options.report_every)
     stopped: defer.Deferred[None] = defer.Deferred()
 
     def stop() -> defer.Deferred[None]:
@@ -92,6 +97,13 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=100, help="requests served at once")
     parser.add_argument(
         "--expect", type=int, default=0, help="print a drained event after this many requests (0: never)"
+    )
+    parser.add_argument(
+        "--report-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print a handled event each time the requests handled reach a multiple of N (0: never)",
     )
     options = parser.parse_args()
     task.react(lambda reactor: defer.Deferred.fromCoroutine(serve(reactor, options)))
