@@ -608,121 +608,109 @@ class Server:
         error: BaseException,
     ) -> None:
         """
-        Move a request on as L{_move} does, and meanwhile mark it as
-        moving, so that its copy, arriving early on this server, waits until
-        the original is acknowledged.
+        Publish a new copy of a request that has had C{attempts} attempts:
+        for another attempt after a delay, or, once it reached the maximum,
+        to the dead-letter queue, replying with C{error}.  Acknowledge the
+        request once the copy is confirmed.
+
+        Meanwhile the request is marked as moving, so that its copy,
+        arriving early on this server, waits until the original is
+        acknowledged.
         """
         message_id = delivery.properties.message_id
         settled: defer.Deferred[None] = defer.Deferred()
         if message_id:
             self._moving[message_id] = settled
         try:
-            await self._move(delivery, key, request, attempts, reason, delay, error)
-            await self._after_pending_writes()
-        finally:
-            if message_id and self._moving.get(message_id) is settled:
-                del self._moving[message_id]
-            settled.callback(None)
-
-    async def _move(
-        self,
-        delivery: Delivery,
-        key: tuple[int, int],
-        request: _envelope.Request,
-        attempts: int,
-        reason: str,
-        delay: float | None,
-        error: BaseException,
-    ) -> None:
-        """
-        Publish a new copy of a request that has had C{attempts} attempts:
-        for another attempt after a delay, or, once it reached the maximum,
-        to the dead-letter queue, replying with C{error}.  Acknowledge the
-        request once the copy is confirmed.
-        """
-        if key in self._abandoned:
-            return
-        properties = delivery.properties
-        if attempts >= self.max_attempts:
-            await self._dead_letter(delivery, key, request, attempts, reason, error)
-            return
-        if delay is None:
+            if key in self._abandoned:
+                return
+            properties = delivery.properties
+            if attempts >= self.max_attempts:
+                await self._dead_letter(delivery, key, request, attempts, reason, error)
+                return
+            if delay is None:
+                if reason == _policy.UNFINISHED:
+                    delay = 0.0
+                elif self.retry is not None:
+                    delay = self.retry.delay_before(attempts + 1)
+                else:
+                    delay = Retry().delay_before(attempts + 1)
+            milliseconds = _policy.delay_milliseconds(delay)
+            queue = self.topology.retry_queue(milliseconds) if milliseconds else self.topology.queue
             if reason == _policy.UNFINISHED:
-                delay = 0.0
-            elif self.retry is not None:
-                delay = self.retry.delay_before(attempts + 1)
-            else:
-                delay = Retry().delay_before(attempts + 1)
-        milliseconds = _policy.delay_milliseconds(delay)
-        queue = self.topology.retry_queue(milliseconds) if milliseconds else self.topology.queue
-        if reason == _policy.UNFINISHED:
-            # Served one at a time, at once: the restart of a crashed
-            # server is delay enough.
-            milliseconds = 0
-            queue = self.topology.unfinished_queue
-        headers: dict[str, Any] = {_policy.ATTEMPTS_HEADER: attempts}
-        expiration = properties.expiration
-        budget = _policy.remaining_time(properties.headers, properties.expiration)
-        if budget is not None:
-            # An RPC caller stops waiting when its timeout ends, so an
-            # attempt after that would be wasted.  The broker drops the
-            # expiration of a message it moves out of a retry queue, so
-            # the time left travels in a header, less the time this
-            # server held the request.
-            held = math.ceil((self._reactor.seconds() - self._received.get(key, self._reactor.seconds())) * 1000)
-            budget -= held
-            # The next attempt is taken to last as long as this one did.
-            if budget - milliseconds <= held:
+                # Served one at a time, at once: the restart of a crashed
+                # server is delay enough.
+                milliseconds = 0
+                queue = self.topology.unfinished_queue
+            headers: dict[str, Any] = {_policy.ATTEMPTS_HEADER: attempts}
+            expiration = properties.expiration
+            budget = _policy.remaining_time(properties.headers, properties.expiration)
+            if budget is not None:
+                # An RPC caller stops waiting when its timeout ends, so an
+                # attempt after that would be wasted.  The broker drops the
+                # expiration of a message it moves out of a retry queue, so
+                # the time left travels in a header, less the time this
+                # server held the request.
+                held = math.ceil((self._reactor.seconds() - self._received.get(key, self._reactor.seconds())) * 1000)
+                budget -= held
+                # The next attempt is taken to last as long as this one did.
+                if budget - milliseconds <= held:
+                    self.log.info(
+                        "request {message_id} to {service}.{method} is not tried again: its caller stops "
+                        "waiting before the next attempt",
+                        message_id=properties.message_id,
+                        service=self.service,
+                        method=request.method,
+                    )
+                    if isinstance(error, RequestDeadLettered):
+                        error = TimeoutError(
+                            f"request to {self.service}.{request.method} is not served again: its caller's "
+                            f"timeout ends before attempt {attempts + 1} could start"
+                        )
+                    body = self._error_body(request.method, error, request.meta, request.codec)
+                    await self._reply_and_ack(delivery, key, request.method, request.meta, body, request.codec)
+                    return
+                headers[_policy.REMAINING_HEADER] = budget - milliseconds
+                expiration = str(budget) if not milliseconds else None
+            copied = await self._publish_copy(delivery, key, queue, headers, persistent=False, expiration=expiration)
+            if copied == "lost":
+                return
+            if copied == "copied":
                 self.log.info(
-                    "request {message_id} to {service}.{method} is not tried again: its caller stops "
-                    "waiting before the next attempt",
+                    "request {message_id} to {service}.{method} will be served again in {delay:g} s "
+                    "(attempt {next_attempt} of {max_attempts})",
                     message_id=properties.message_id,
                     service=self.service,
                     method=request.method,
+                    delay=milliseconds / 1000,
+                    next_attempt=attempts + 1,
+                    max_attempts=self.max_attempts,
                 )
-                if isinstance(error, RequestDeadLettered):
-                    error = TimeoutError(
-                        f"request to {self.service}.{request.method} is not served again: its caller's "
-                        f"timeout ends before attempt {attempts + 1} could start"
-                    )
-                body = self._error_body(request.method, error, request.meta, request.codec)
-                await self._reply_and_ack(delivery, key, request.method, request.meta, body, request.codec)
+                if key not in self._abandoned:
+                    self._ack(key)
                 return
-            headers[_policy.REMAINING_HEADER] = budget - milliseconds
-            expiration = str(budget) if not milliseconds else None
-        copied = await self._publish_copy(delivery, key, queue, headers, persistent=False, expiration=expiration)
-        if copied == "lost":
-            return
-        if copied == "copied":
-            self.log.info(
-                "request {message_id} to {service}.{method} will be served again in {delay:g} s "
-                "(attempt {next_attempt} of {max_attempts})",
+            # Without a copy in a queue, replying is the only way left to end
+            # the request.
+            self.log.error(
+                "request {message_id} to {service}.{method} cannot be queued for another attempt; "
+                "replying with an error instead",
                 message_id=properties.message_id,
                 service=self.service,
                 method=request.method,
-                delay=milliseconds / 1000,
-                next_attempt=attempts + 1,
-                max_attempts=self.max_attempts,
             )
-            if key not in self._abandoned:
-                self._ack(key)
-            return
-        # Without a copy in a queue, replying is the only way left to end
-        # the request.
-        self.log.error(
-            "request {message_id} to {service}.{method} cannot be queued for another attempt; "
-            "replying with an error instead",
-            message_id=properties.message_id,
-            service=self.service,
-            method=request.method,
-        )
-        if isinstance(error, RequestDeadLettered):
-            error = PublishFailed(
-                f"request to {self.service}.{request.method} could not be queued for another attempt "
-                f"(attempt {attempts} of {self.max_attempts}); see the server's log"
-            )
-        body = self._error_body(request.method, error, request.meta, request.codec)
-        await self._reply_and_ack(delivery, key, request.method, request.meta, body, request.codec)
+            if isinstance(error, RequestDeadLettered):
+                error = PublishFailed(
+                    f"request to {self.service}.{request.method} could not be queued for another attempt "
+                    f"(attempt {attempts} of {self.max_attempts}); see the server's log"
+                )
+            body = self._error_body(request.method, error, request.meta, request.codec)
+            await self._reply_and_ack(delivery, key, request.method, request.meta, body, request.codec)
+        finally:
+            # The copy, when it arrives here, still waits for the reactor to
+            # write this acknowledgement (see _serve).
+            if message_id and self._moving.get(message_id) is settled:
+                del self._moving[message_id]
+            settled.callback(None)
 
     async def _dead_letter(
         self,
