@@ -262,3 +262,36 @@ class LogEscapeTests(unittest.SynchronousTestCase):
         [event] = [e for e in events if e.get("log_namespace") == "test"]
         self.assertEqual(event["message_id"], "a\\r\\n2026 [fake] \\x1b[31mred")
         self.assertEqual(event["service"], "s\n")
+
+
+class UnfinishedQueueTests(unittest.TestCase):
+    async def test_deleted_unfinished_queue_named(self) -> None:
+        """
+        When the queue of unfinished requests is deleted, then the server
+        logs that queue's name, declares it again and consumes it again.
+        """
+        from twisted.logger import globalLogPublisher
+
+        from tests.support import rabbitmqctl, wait_until
+
+        name = unique_name("abuse")
+        remove_after(self, name)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        broker = await connect(self)
+        await broker.service(name).react(Echo)
+        channel = await raw_channel(self)
+        await channel.delete_queue(f"{name}.unfinished")
+
+        def consumers(queue: str) -> int:
+            for line in rabbitmqctl("list_queues", "name", "consumers").splitlines():
+                fields = line.split()
+                if fields and fields[0] == queue:
+                    return int(fields[1])
+            return 0
+
+        await wait_until(lambda: consumers(f"{name}.unfinished") == 1 and consumers(name) == 1, 30)
+        cancelled = [event for event in events if "cancelled the consumer" in event.get("log_format", "")]
+        self.assertEqual([event["queue"] for event in cancelled], [f"{name}.unfinished"])
+        self.assertEqual(await broker.rpc(name).call("echo", 1), 1)

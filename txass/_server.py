@@ -221,7 +221,7 @@ class Server:
             tag = await consumer.consume(
                 queue,
                 lambda delivery: self._on_delivery(delivery, generation, consumer),
-                on_cancelled=self._on_cancelled,
+                on_cancelled=lambda queue=queue: self._on_cancelled(queue),
             )
             self._consumer_tags.append(tag)
         self.state = "running"
@@ -240,7 +240,7 @@ class Server:
         """
         return self.broker is not None and self.broker._reconnects
 
-    def _on_cancelled(self) -> None:
+    def _on_cancelled(self, queue: str) -> None:
         if self.state != "running":
             return
         self._consumer_tags = []
@@ -249,7 +249,7 @@ class Server:
                 "the broker cancelled the consumer of {service} (was queue {queue!r} deleted?); "
                 "this server stops taking requests",
                 service=self.service,
-                queue=self.topology.queue,
+                queue=queue,
             )
             self.stop()
             return
@@ -258,7 +258,7 @@ class Server:
             "the broker cancelled the consumer of {service} (was queue {queue!r} deleted?); "
             "declaring the queue again and resuming",
             service=self.service,
-            queue=self.topology.queue,
+            queue=queue,
         )
         self.broker._forget_declarations(self.topology, None)
         # Closing the channel makes the server resume on a new one.
