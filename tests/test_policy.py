@@ -636,6 +636,22 @@ class MisuseTests(unittest.SynchronousTestCase):
 
         self.assertRaises(TypeError, txass.in_thread, coroutine)
 
+    def test_in_thread_generators(self) -> None:
+        """
+        in_thread refuses generator functions and objects that are not
+        callable, saying which.
+        """
+
+        def generator(value: Any) -> Any:
+            yield value
+
+        with self.assertRaises(TypeError) as caught:
+            txass.in_thread(generator)
+        self.assertIn("generator function", str(caught.exception))
+        with self.assertRaises(TypeError) as caught:
+            txass.in_thread(42)  # type: ignore[arg-type]
+        self.assertIn("not callable", str(caught.exception))
+
     def test_retry_delay_above_maximum(self) -> None:
         """
         A first delay longer than the longest delay raises ValueError.

@@ -358,6 +358,15 @@ class OptionsTests(unittest.TestCase):
                     parse(*base, *arguments)
                 self.assertIn("--retry-delay", str(caught.exception))
 
+    def test_long_first_retry_delay(self) -> None:
+        """
+        A first retry delay longer than the default longest delay raises
+        that longest delay rather than fail on an option never given.
+        """
+        base = ["--service", "echo", "--reactor", "examples.echo.Echo"]
+        options = parse(*base, "--retry-delay", "400")
+        self.assertEqual(options["retry"], txass.Retry(delay=400.0, backoff=2.0, max_delay=400.0))
+
     def test_retry_tuning_needs_delay(self) -> None:
         """
         --retry-backoff or --retry-max-delay without --retry-delay is a

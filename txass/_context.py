@@ -168,10 +168,17 @@ def in_thread(function: Callable[..., T]) -> Callable[..., defer.Deferred[T]]:
         raise TypeError(
             f"put @in_thread below @{type(function).__name__}, so that it decorates the function itself"
         )
-    if inspect.iscoroutinefunction(function) or not callable(function):
+    if not callable(function):
+        raise TypeError(f"@in_thread decorates a function, and {function!r} is not callable")
+    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
         raise TypeError(
             f"@in_thread takes a plain blocking function, not {function!r}: a coroutine function "
             f"does not block, so run it in the reactor thread without @in_thread"
+        )
+    if inspect.isgeneratorfunction(function):
+        raise TypeError(
+            f"@in_thread takes a plain blocking function, not the generator function {function!r}: "
+            f"its body would run later, outside the thread"
         )
 
     @functools.wraps(function)

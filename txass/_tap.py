@@ -264,10 +264,12 @@ class Options(usage.Options):
                 if self[name] != default:
                     raise usage.UsageError(f"--{name} needs --retry-delay, which turns retrying on")
         else:
+            max_delay = self["retry-max-delay"]
+            if max_delay == 300.0 and self["retry-delay"] > max_delay:
+                # The default longest delay gives way to a longer first one.
+                max_delay = self["retry-delay"]
             try:
-                self["retry"] = Retry(
-                    delay=self["retry-delay"], backoff=self["retry-backoff"], max_delay=self["retry-max-delay"]
-                )
+                self["retry"] = Retry(delay=self["retry-delay"], backoff=self["retry-backoff"], max_delay=max_delay)
             except ValueError as e:
                 raise usage.UsageError(f"--retry-delay, --retry-backoff, --retry-max-delay: {e}") from None
 
