@@ -65,7 +65,7 @@ class AbuseTests(unittest.TestCase):
         name = unique_name("abuse")
         remove_after(self, name, client_keys=["k"], queues=[f"{name}.retry.10"])
         broker = await connect(self)
-        await broker.service(name).react(Failing, retry=Retry(delay=0.01))
+        await broker.service(name).react(Failing, retry=Retry(delay=0.01, backoff=1.0))
         results = Results()
         client = broker.service(name).client(key="k")
         await client.react(results)

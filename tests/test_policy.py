@@ -687,3 +687,24 @@ class RemainingTimeTests(unittest.TestCase):
         error = await self.assertFailure(broker.rpc(name).call("busy", None, timeout=1.0), txass.RemoteError)
         self.assertEqual(error.type, "TimeoutError")
         self.assertLessEqual(len(runs), 5)
+
+
+class RetryQueueExpiryTests(unittest.TestCase):
+    async def test_retry_queue_expires(self) -> None:
+        """
+        A retry queue is declared to expire after its delay plus an hour
+        unused, and again before each copy, so the queues of delays no
+        longer used go away and a queue in use never does.
+        """
+        from tests.support import rabbitmqctl
+
+        name = unique_name("policy")
+        remove_after(self, name, queues=retry_queues(name, 50))
+        broker = await connect(self)
+        handler = Flaky(2)
+        await broker.service(name).react(handler, retry=Retry(delay=0.05, backoff=1.0))
+        self.assertEqual(await broker.rpc(name).call("work", 1), ["done", 1, 3])
+        listing = rabbitmqctl("list_queues", "name", "arguments")
+        [line] = [line for line in listing.splitlines() if line.startswith(f"{name}.retry.50\t")]
+        self.assertIn('"x-expires",3600050', line.replace(" ", "").replace("{", "").replace("}", ""))
+        self.flushLoggedErrors(RuntimeError)

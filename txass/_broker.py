@@ -45,6 +45,11 @@ DEFAULT_GRACE = 30.0
 NOT_FOUND = 404
 
 
+# Milliseconds a retry queue may stay unused before the broker deletes it,
+# beyond its delay.
+RETRY_QUEUE_IDLE = 3_600_000
+
+
 class Broker:
     """
     A connection to a RabbitMQ broker; L{txass.connect} creates it.
@@ -454,6 +459,10 @@ class Broker:
             arguments = {
                 "x-queue-type": "quorum",
                 "x-message-ttl": milliseconds,
+                # The broker deletes a retry queue left unused this long.  A
+                # server declares it again before each copy it publishes,
+                # so a copy always leaves it, after its delay, well before.
+                "x-expires": milliseconds + RETRY_QUEUE_IDLE,
                 "x-dead-letter-exchange": "",
                 "x-dead-letter-routing-key": topology.queue,
                 "x-dead-letter-strategy": "at-least-once",

@@ -854,10 +854,13 @@ class Server:
                 frame_max=self._frame_max(),
             )
             return "failed"
+        # A retry queue expires when unused, and publishing does not count
+        # as use, so it is declared before every copy.
+        retry = self.topology.is_retry_queue(queue)
         for again in (False, True):
             try:
                 if self._declare_queue is not None:
-                    await self._declare_queue(queue, again)
+                    await self._declare_queue(queue, again or retry)
                 publisher = await self._publisher()
                 await publisher.publish("", queue, delivery.body, copy, mandatory=True)
                 return "copied"

@@ -148,6 +148,13 @@ class Topology:
         """
         return f"{self.service}{_RETRY_INFIX}{milliseconds}"
 
+    def is_retry_queue(self, queue: str) -> bool:
+        """
+        Return whether C{queue} is one of this service's retry queues.
+        """
+        prefix = f"{self.service}{_RETRY_INFIX}"
+        return queue.startswith(prefix) and queue[len(prefix) :].isdigit()
+
     @property
     def dead_letter_queue(self) -> str:
         """
