@@ -620,7 +620,7 @@ class UnicodeTests(ServedTestCase):
         """
         When requests name methods outside ASCII, up to the 255 bytes of
         the type property, then each reply carries the method name, result
-        and meta unchanged; a longer name is refused.
+        and meta unchanged.  A longer name gets an InvalidRequest error.
         """
         long_name = "ü" * 127
         names = ["grüßen", "日本語", "🐇", "e\u0301", "שלום", "\u00e9\u200d\U0001f600", long_name]

@@ -57,10 +57,11 @@ async def publish(testcase: unittest.TestCase, name: str, body: bytes, **propert
 class AbuseTests(unittest.TestCase):
     async def test_headers_too_large_to_copy(self) -> None:
         """
-        A request whose headers leave no room in a frame for the attempt
-        header is not copied for a retry, which would make the broker close
-        the server's connection: the caller gets the handler's error, and
-        the connection stays open.
+        A request whose headers nearly fill a frame is not copied where the
+        copy's added headers would not fit (here, to the dead-letter queue
+        after the last attempt), because the broker would close the
+        server's connection for it.  The caller gets the handler's error,
+        and the connection stays open.
         """
         name = unique_name("abuse")
         remove_after(self, name, client_keys=["k"], queues=[f"{name}.retry.10"])
@@ -69,6 +70,7 @@ class AbuseTests(unittest.TestCase):
         results = Results()
         client = broker.service(name).client(key="k")
         await client.react(results)
+
         pad = "x" * (131072 - 200)
         await publish(
             self,
@@ -80,6 +82,7 @@ class AbuseTests(unittest.TestCase):
             headers={"pad": pad},
         )
         await results.wait_for(1)
+
         value = results.received[0][1]
         self.assertIsInstance(value, txass.RemoteError)
         self.assertEqual(value.type, "RuntimeError")
@@ -247,7 +250,7 @@ class LogEscapeTests(unittest.SynchronousTestCase):
         """
         A message id with a carriage return, a line feed and a terminal
         escape is logged with those characters escaped, so it cannot forge
-        a log line; other fields are left as they are.
+        a log line.  Other fields are left as they are.
         """
         from twisted.logger import LogLevel, globalLogPublisher
 

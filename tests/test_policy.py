@@ -47,19 +47,19 @@ async def queue_messages(testcase: unittest.TestCase, queue: str) -> list[Delive
     """
     channel = await raw_channel(testcase)
     count, _ = await channel.declare_queue(queue, passive=True)
-    taken: list[Delivery] = []
+    deliveries: list[Delivery] = []
     done: defer.Deferred[None] = defer.Deferred()
 
     def arrived(delivery: Delivery) -> None:
-        taken.append(delivery)
+        deliveries.append(delivery)
         channel.ack(delivery.delivery_tag)
-        if len(taken) == count and not done.called:
+        if len(deliveries) == count and not done.called:
             done.callback(None)
 
     if count:
         await channel.consume(queue, arrived)
         await within(done)
-    return taken
+    return deliveries
 
 
 def retry_queues(name: str, *milliseconds: int) -> list[str]:
@@ -173,7 +173,7 @@ class RetryTests(unittest.TestCase):
     async def test_retry_until_success(self) -> None:
         """
         With a retry policy, a failing request is served again after the
-        delay, through the broker's retry queue, until it succeeds; the
+        delay, through the broker's retry queue, until it succeeds.  The
         caller gets only the result.
         """
         name = unique_name("policy")
@@ -261,7 +261,8 @@ class RetryTests(unittest.TestCase):
 
 class Hooks:
     """
-    A class handler with an on_error hook that does what the request asks.
+    A class handler with an on_error hook that acts as the request's data
+    directs.
     """
 
     seen: list[tuple[str, str, int]] = []
@@ -519,9 +520,9 @@ class InThreadTests(unittest.TestCase):
 class RetryLimitTests(unittest.TestCase):
     async def test_rpc_retries_within_timeout(self) -> None:
         """
-        An RPC call's request is retried only while its caller waits: each
-        retry waits its full delay (the call's expiration does not cut it
-        short), and when the next delay would outlast the call's timeout,
+        An RPC call's request is retried only while its caller waits.  Each
+        retry waits its full delay, because the call's expiration does not
+        cut it short.  When the next delay would outlast the call's timeout,
         the caller gets the error at once.
         """
         name = unique_name("policy")
@@ -597,8 +598,8 @@ class RetryLimitTests(unittest.TestCase):
 
 async def queue_messages_when(testcase: unittest.TestCase, queue: str, count: int) -> list[Delivery]:
     """
-    Wait until C{queue} exists and holds C{count} ready messages, then take
-    them out.
+    Wait until C{queue} exists and contains C{count} ready messages, then
+    take them out.
     """
     channel = await raw_channel(testcase)
 

@@ -184,7 +184,7 @@ def read_url_file(path: str) -> str:
     Read a broker URL from the first non-empty line of the file at
     C{path}, so that the password stays out of command lines.
 
-    @raise InvalidURL: if the file cannot be read, holds no URL, or other
+    @raise InvalidURL: if the file cannot be read, contains no URL, or other
         users may read or change it.  The message names the file, never
         its content.
     """
@@ -766,7 +766,7 @@ class AMQPChannel:
         # basic.cancel and cancel-ok, which marks it redelivered.  Taking
         # the tag out of pika's private set of cancelling consumers hands
         # those deliveries to our callback instead, and the consumer's
-        # owner decides; pika still forgets the consumer at cancel-ok.
+        # owner decides.  pika still removes the consumer at cancel-ok.
         cancelling = getattr(self._raw, "_cancelled", None)
         if isinstance(cancelling, set):
             cancelling.discard(consumer_tag)
@@ -1221,7 +1221,7 @@ class _ClientTLS:
     def _on_tls_event(self, connection: SSL.Connection, where: int, value: int) -> None:
         if where & SSL.SSL_CB_HANDSHAKE_DONE:
             self.handshake_done = True
-        # For an alert, value holds its level in the high byte and its
+        # For an alert, value contains its level in the high byte and its
         # description in the low byte.
         received_alert = (where & SSL.SSL_CB_READ_ALERT) == SSL.SSL_CB_READ_ALERT
         if received_alert and value >> 8 == _FATAL_ALERT_LEVEL and self.alert is None:

@@ -76,9 +76,9 @@ class RequestContext:
     attempt: int = 1
     disposition: Disposition | None = field(default=None, repr=False, compare=False)
 
-    def _disposition(self, what: str) -> Disposition:
+    def _disposition(self, operation: str) -> Disposition:
         if self.disposition is None:
-            raise TxassError(f"{what}() works only on a request that a server is serving, not on a result")
+            raise TxassError(f"{operation}() works only on a request that a server is serving, not on a result")
         return self.disposition
 
     def resend(self, delay: float | None = None) -> None:

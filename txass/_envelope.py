@@ -104,16 +104,16 @@ class _MessagePackCodec(Codec):
 
     def decode(self, body: bytes, what: str) -> Any:
         try:
-            # Timestamps (extension type -1, which ext_hook never sees)
+            # Timestamps (extension type -1, which never reaches ext_hook)
             # become integers of nanoseconds, so only plain data is built.
             return self._msgpack.unpackb(
-                body, raw=False, strict_map_key=False, ext_hook=_refuse_extension, timestamp=2
+                body, raw=False, strict_map_key=False, ext_hook=_reject_extension, timestamp=2
             )
         except Exception as e:
             raise InvalidRequest(f"{what} body is not valid MessagePack: {type(e).__name__}: {e}") from e
 
 
-def _refuse_extension(code: int, data: bytes) -> Any:
+def _reject_extension(code: int, data: bytes) -> Any:
     raise ValueError(f"extension type {code} is not accepted")
 
 
@@ -316,8 +316,8 @@ def decode_request(body: bytes, content_type: str | None, accepted: tuple[Codec,
         raise InvalidRequest("request is a reply envelope (it has a 'result' or 'error' field), not a request")
     method = envelope.get("method")
     if not isinstance(method, str) or not method:
-        shown = repr(method) if len(repr(method)) <= 80 else f"a {type(method).__name__}"
-        raise InvalidRequest(f"request field 'method' must be a non-empty string, found {shown}")
+        found = repr(method) if len(repr(method)) <= 80 else f"a {type(method).__name__}"
+        raise InvalidRequest(f"request field 'method' must be a non-empty string, found {found}")
     size = len(method.encode("utf-8", "surrogatepass"))
     if size > MAX_METHOD_BYTES:
         raise InvalidRequest(f"request method name is {size} bytes long; at most {MAX_METHOD_BYTES} bytes are accepted")

@@ -74,11 +74,11 @@ MIN_FRAME_MAX = 4096
 MAX_DELAY = 30 * 24 * 3600.0
 
 
-def _check_seconds(value: object, what: str) -> float:
+def _check_seconds(value: object, option: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a number of seconds, not {value!r}")
+        raise ValueError(f"{option} must be a number of seconds, not {value!r}")
     if not 0 <= value <= MAX_DELAY:
-        raise ValueError(f"{what} must be from 0 to {MAX_DELAY:g} seconds, not {value!r}")
+        raise ValueError(f"{option} must be from 0 to {MAX_DELAY:g} seconds, not {value!r}")
     return float(value)
 
 
@@ -197,8 +197,8 @@ def shorten(text: str, limit: int) -> str:
     encoded = text.encode("utf-8", "replace")
     if len(encoded) <= limit:
         return text
-    kept = encoded[: max(limit - len(_CUT_MARK), 0)].decode("utf-8", "ignore")
-    return kept + _CUT_MARK if limit >= len(_CUT_MARK) else kept
+    start = encoded[: max(limit - len(_CUT_MARK), 0)].decode("utf-8", "ignore")
+    return start + _CUT_MARK if limit >= len(_CUT_MARK) else start
 
 
 def shorten_start(text: str, limit: int) -> str:
@@ -209,8 +209,8 @@ def shorten_start(text: str, limit: int) -> str:
     encoded = text.encode("utf-8", "replace")
     if len(encoded) <= limit:
         return text
-    kept = encoded[len(encoded) - max(limit - len(_CUT_MARK), 0) :].decode("utf-8", "ignore")
-    return _CUT_MARK.strip() + " " + kept if limit >= len(_CUT_MARK) else kept
+    end = encoded[len(encoded) - max(limit - len(_CUT_MARK), 0) :].decode("utf-8", "ignore")
+    return _CUT_MARK.strip() + " " + end if limit >= len(_CUT_MARK) else end
 
 
 def encoded_size(headers: dict[str, Any] | None) -> int:

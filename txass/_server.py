@@ -504,7 +504,7 @@ class Server:
             # failure like any other, not a reason to leave the request.
             error = e
             failure = Failure()
-            asked_by_handler = disposition.action is not None
+            chosen_by_handler = disposition.action is not None
             hook = None
             if not isinstance(e, MethodNotFound):
                 function = served_by[0] if served_by else None
@@ -523,7 +523,7 @@ class Server:
                     method=context.method,
                     error_type=type(e).__name__,
                     message_id=context.message_id,
-                    who="the handler" if asked_by_handler else "its on_error hook",
+                    who="the handler" if chosen_by_handler else "its on_error hook",
                     action=disposition.action,
                 )
 
@@ -651,10 +651,11 @@ class Server:
                 # expiration of a message it moves out of a retry queue, so
                 # the time left travels in a header, less the time this
                 # server held the request.
-                held = math.ceil((self._reactor.seconds() - self._received.get(key, self._reactor.seconds())) * 1000)
-                budget -= held
+                now = self._reactor.seconds()
+                serving = math.ceil((now - self._received.get(key, now)) * 1000)
+                budget -= serving
                 # The next attempt is taken to last as long as this one did.
-                if budget - milliseconds <= held:
+                if budget - milliseconds <= serving:
                     self.log.info(
                         "request {message_id} to {service}.{method} is not tried again: its caller stops "
                         "waiting before the next attempt",
@@ -662,13 +663,11 @@ class Server:
                         service=self.service,
                         method=request.method,
                     )
-                    if isinstance(error, RequestDeadLettered):
-                        error = TimeoutError(
-                            f"request to {self.service}.{request.method} is not served again: its caller's "
-                            f"timeout ends before attempt {attempts + 1} could start"
-                        )
-                    body = self._error_body(request.method, error, request.meta, request.codec)
-                    await self._reply_and_ack(delivery, key, request.method, request.meta, body, request.codec)
+                    too_late = TimeoutError(
+                        f"request to {self.service}.{request.method} is not served again: its caller's "
+                        f"timeout ends before attempt {attempts + 1} could start"
+                    )
+                    await self._reply_error(delivery, key, request, error, too_late)
                     return
                 headers[_policy.REMAINING_HEADER] = budget - milliseconds
                 expiration = str(budget) if not milliseconds else None
@@ -698,19 +697,35 @@ class Server:
                 service=self.service,
                 method=request.method,
             )
-            if isinstance(error, RequestDeadLettered):
-                error = PublishFailed(
-                    f"request to {self.service}.{request.method} could not be queued for another attempt "
-                    f"(attempt {attempts} of {self.max_attempts}); see the server's log"
-                )
-            body = self._error_body(request.method, error, request.meta, request.codec)
-            await self._reply_and_ack(delivery, key, request.method, request.meta, body, request.codec)
+            instead = PublishFailed(
+                f"request to {self.service}.{request.method} could not be queued for another attempt "
+                f"(attempt {attempts} of {self.max_attempts}); see the server's log"
+            )
+            await self._reply_error(delivery, key, request, error, instead)
         finally:
             # The copy, when it arrives here, still waits for the reactor to
             # write this acknowledgement (see _serve).
             if message_id and self._moving.get(message_id) is settled:
                 del self._moving[message_id]
             settled.callback(None)
+
+    async def _reply_error(
+        self,
+        delivery: Delivery,
+        key: tuple[int, int],
+        request: _envelope.Request,
+        error: BaseException,
+        instead: BaseException,
+    ) -> None:
+        """
+        Reply to a request with C{error} and acknowledge it, ending it
+        without another attempt.  A L{RequestDeadLettered} error, which
+        would claim a move that did not happen, is replaced by C{instead}.
+        """
+        if isinstance(error, RequestDeadLettered):
+            error = instead
+        body = self._error_body(request.method, error, request.meta, request.codec)
+        await self._reply_and_ack(delivery, key, request.method, request.meta, body, request.codec)
 
     async def _dead_letter(
         self,
@@ -721,10 +736,68 @@ class Server:
         reason: str,
         error: BaseException,
     ) -> None:
+        """
+        Move a request that has had its last attempt to the service's
+        dead-letter queue, with its error in headers, then reply with
+        C{error} and acknowledge it.  When the copy cannot be published,
+        reply and reject the request without requeueing it.
+        """
         properties = delivery.properties
-        # The whole content header has to fit in one frame, whose size the
-        # connection negotiated, beside the request's own properties.
-        room = self._frame_max() - 1024 - _policy.encoded_size(properties.headers)
+        queue = self.topology.dead_letter_queue
+        headers = self._error_headers(properties.headers, attempts, reason, error)
+        copied = await self._publish_copy(delivery, key, queue, headers, persistent=True)
+        if copied == "lost":
+            return
+
+        if copied == "copied":
+            self.log.error(
+                "request {message_id} to {service}.{method} moved to {queue!r} after {attempts} attempts "
+                "({reason}: {error_type}: {error})",
+                message_id=properties.message_id,
+                service=self.service,
+                method=request.method,
+                queue=queue,
+                attempts=attempts,
+                reason=reason,
+                error_type=type(error).__name__,
+                error=error,
+            )
+            body = self._error_body(request.method, error, request.meta, request.codec)
+            await self._reply_and_ack(delivery, key, request.method, request.meta, body, request.codec)
+            return
+
+        self.log.error(
+            "request {message_id} to {service}.{method} failed after {attempts} attempts and cannot "
+            "be moved to {queue!r}; replying with its error and rejecting it",
+            message_id=properties.message_id,
+            service=self.service,
+            method=request.method,
+            attempts=attempts,
+            queue=queue,
+        )
+        if isinstance(error, RequestDeadLettered):
+            error = PublishFailed(
+                f"request to {self.service}.{request.method} failed after {attempts} attempts and could not "
+                f"be moved to {queue!r}; see the server's log"
+            )
+        if properties.reply_to:
+            body = self._error_body(request.method, error, request.meta, request.codec)
+            await self._publish_reply(delivery, key, request.method, request.meta, body, request.codec)
+        # Rejected without requeueing, so a dead-letter exchange that an
+        # operator's policy gives the service queue still catches it.
+        if key not in self._abandoned:
+            self._abandoned.add(key)
+            self._reject(key, requeue=False)
+
+    def _error_headers(
+        self, request_headers: dict[str, Any] | None, attempts: int, reason: str, error: BaseException
+    ) -> dict[str, Any]:
+        """
+        Return the headers that record why a request was dead-lettered,
+        with error texts cut so that the whole content header fits in one
+        frame of this connection beside the request's own headers.
+        """
+        room = self._frame_max() - 1024 - _policy.encoded_size(request_headers)
         message = _policy.shorten(_describe(error), min(_policy.MAX_ERROR_MESSAGE, max(room // 2, 0)))
         headers: dict[str, Any] = {
             _policy.ATTEMPTS_HEADER: attempts,
@@ -741,50 +814,7 @@ class Server:
             headers[_policy.ERROR_TRACEBACK_HEADER] = _policy.shorten_start(
                 text, min(_policy.MAX_ERROR_TRACEBACK, room)
             )
-        queue = self.topology.dead_letter_queue
-        copied = await self._publish_copy(delivery, key, queue, headers, persistent=True)
-        if copied == "lost":
-            return
-        moved = copied == "copied"
-        if moved:
-            self.log.error(
-                "request {message_id} to {service}.{method} moved to {queue!r} after {attempts} attempts "
-                "({reason}: {error_type}: {error})",
-                message_id=properties.message_id,
-                service=self.service,
-                method=request.method,
-                queue=queue,
-                attempts=attempts,
-                reason=reason,
-                error_type=type(error).__name__,
-                error=error,
-            )
-        else:
-            self.log.error(
-                "request {message_id} to {service}.{method} failed after {attempts} attempts and cannot "
-                "be moved to {queue!r}; replying with its error and rejecting it",
-                message_id=properties.message_id,
-                service=self.service,
-                method=request.method,
-                attempts=attempts,
-                queue=queue,
-            )
-        if not moved and isinstance(error, RequestDeadLettered):
-            error = PublishFailed(
-                f"request to {self.service}.{request.method} failed after {attempts} attempts and could not "
-                f"be moved to {queue!r}; see the server's log"
-            )
-        body = self._error_body(request.method, error, request.meta, request.codec)
-        if not moved:
-            # Rejected without requeueing: a dead-letter exchange that an
-            # operator's policy gives the service queue still catches it.
-            if properties.reply_to:
-                await self._publish_reply(delivery, key, request.method, request.meta, body, request.codec)
-            if key not in self._abandoned:
-                self._abandoned.add(key)
-                self._reject(key, requeue=False)
-            return
-        await self._reply_and_ack(delivery, key, request.method, request.meta, body, request.codec)
+        return headers
 
     def _frame_max(self) -> int:
         """
