@@ -1383,8 +1383,11 @@ class CleanCloseTests(unittest.TestCase):
         server = await broker.service(name).react(Echo())
         caller = await txass.connect(node.url)
         self.addCleanup(caller.close)
-        # A reply opens the server's publishing channel.
-        self.assertEqual(await within(caller.rpc(name).call("echo", 1)), 1)
+        # A reply to a queue opens the server's publishing channel.
+        results = support.Results()
+        client = await caller.service(name).client(key=f"{name}-results").react(results)
+        await within(client.call("echo", 1))
+        await results.wait_for(1)
         port = broker._connection._protocol.transport.getHost().port
 
         channels = await connection_channels(node, port)

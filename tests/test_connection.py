@@ -5,16 +5,25 @@ Tests for broker URLs and for opening connections.
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pika.exceptions
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.trial import unittest
 from twisted.trial.unittest import SynchronousTestCase
 
 import txass
-from tests.support import BROKER_URL, connect, remove_after, unique_name, within
-from txass._connection import DEFAULT_URL, AMQPChannel, InvalidURL, _describe_handshake_error, parse_url
+from tests.support import BROKER_URL, connect, remove_after, unique_name, wait_until, within
+from txass._connection import (
+    DEFAULT_URL,
+    AMQPChannel,
+    InvalidURL,
+    MessageProperties,
+    _describe_handshake_error,
+    _SendBuffer,
+    parse_url,
+)
 
 
 def closed_port() -> int:
@@ -339,3 +348,100 @@ class AckBatchTests(SynchronousTestCase):
         self.assertEqual(self.raw.frames[1:], [("close", 0, False)])
         self.raw.on_closed.callback(None)
         self.successResultOf(closing)
+
+
+class SendNowTests(unittest.TestCase):
+    async def test_written_while_receiving_is_sent_at_once(self) -> None:
+        """
+        When something is written while the connection handles received
+        data, then it is sent before the handling returns, not on the
+        reactor's next turn.
+        """
+        broker = await connect(self)
+        protocol = broker._connection._protocol
+        socket_transport = protocol.socket_transport
+        assert socket_transport is not None
+        channel = await broker._connection.channel()
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(channel.close()))
+        sent: list[bool] = []
+
+        def write_during_receive(data: bytes) -> None:
+            channel.publish("", unique_name("nowhere"), b"{}", MessageProperties())
+            sent.append(socket_transport in reactor.getWriters())
+
+        original = protocol._impl.data_received
+        self.patch(protocol._impl, "data_received", lambda data: (original(data), write_during_receive(data)))
+        protocol.dataReceived(b"")
+        self.assertEqual(sent, [True])
+        self.assertNotIn(socket_transport, reactor.getWriters())
+
+
+# More than the kernel buffers of a loopback connection hold, so that the
+# rest waits in the transport until the peer reads.
+MORE_THAN_SOCKETS_HOLD = b"x" * 64_000_000
+
+
+class _Holding(protocol.Protocol):
+    """
+    A server protocol that reads nothing until told to.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+        self.factory.connected.callback(self)  # type: ignore[attr-defined]
+
+
+class _Writer(protocol.Protocol):
+    def connectionMade(self) -> None:
+        self.lost: defer.Deferred[None] = defer.Deferred()
+        self.factory.connected.callback(self)  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
+
+
+class SendBufferTests(unittest.TestCase):
+    async def connected_pair(self) -> tuple[_Writer, _Holding]:
+        server_factory = protocol.Factory.forProtocol(_Holding)
+        server_factory.connected = defer.Deferred()  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, server_factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        client_factory = protocol.ClientFactory.forProtocol(_Writer)
+        client_factory.connected = defer.Deferred()  # type: ignore[attr-defined]
+        reactor.connectTCP("127.0.0.1", port.getHost().port, client_factory)  # type: ignore[attr-defined]
+        writer = await within(client_factory.connected)
+        holding = await within(server_factory.connected)
+        self.addCleanup(writer.transport.abortConnection)
+        self.addCleanup(holding.transport.abortConnection)
+        return writer, holding
+
+    async def test_full_and_drained(self) -> None:
+        """
+        When more is written than the socket takes, then the buffer is full
+        until the peer reads again, and its drained callbacks run then.
+        """
+        writer, holding = await self.connected_pair()
+        buffer = _SendBuffer(writer.transport)
+        writer.transport.registerProducer(buffer, True)
+        drained: list[bool] = []
+        buffer.on_drained(lambda: drained.append(buffer.full))
+        writer.transport.write(MORE_THAN_SOCKETS_HOLD)
+        self.assertTrue(buffer.full)
+        self.assertEqual(drained, [])
+        holding.transport.resumeProducing()
+        await wait_until(lambda: bool(drained))
+        self.assertEqual(drained, [False])
+
+    async def test_closes_after_draining_while_full(self) -> None:
+        """
+        When the connection is closed while its buffer is full, then it
+        still closes once the peer has read everything.
+        """
+        writer, holding = await self.connected_pair()
+        buffer = _SendBuffer(writer.transport)
+        writer.transport.registerProducer(buffer, True)
+        writer.transport.write(MORE_THAN_SOCKETS_HOLD)
+        self.assertTrue(buffer.full)
+        writer.transport.loseConnection()
+        holding.transport.resumeProducing()
+        await within(writer.lost)

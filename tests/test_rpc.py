@@ -282,6 +282,23 @@ class SharedChannelTests(RPCTestCase):
             self.assertIsInstance(error, txass.ServiceNotFound)
         self.assertEqual(await within(limited.rpc(name).call("echo", "still works")), "still works")
 
+    async def test_missing_services_at_once(self) -> None:
+        """
+        When calls to many missing services and to a running one are made
+        at once on the shared channel, then each missing one fails with
+        ServiceNotFound naming its own service, and the running one gets
+        its result.
+        """
+        broker, name = await self.serve()
+        missing = [f"{name}-missing-{number}" for number in range(20)]
+        calls = [broker.rpc(service).call("echo", service) for service in missing]
+        served = broker.rpc(name).call("echo", "served")
+        for service, call in zip(missing, calls):
+            error = await self.failure_of(call)
+            assert isinstance(error, txass.ServiceNotFound), error
+            self.assertEqual(error.service, service)
+        self.assertEqual(await within(served), "served")
+
     async def test_oversized_request_fails_alone(self) -> None:
         """
         When a request is larger than the broker accepts, then that call
@@ -359,26 +376,30 @@ class SharedChannelTests(RPCTestCase):
         self.assertEqual(await within(retried[0]), "retried")
 
 
-class ConfirmLimitTests(RPCTestCase):
-    async def test_calls_wait_for_confirms(self) -> None:
+class FlowControlTests(RPCTestCase):
+    async def test_calls_wait_for_the_send_buffer(self) -> None:
         """
-        When more calls are made at once than may wait for confirms, then
-        the rest wait unsent and every call still gets its result.
+        When more is written at once than the connection's send buffer
+        holds, then the calls that do not fit wait unsent, and every call
+        still gets its result.
         """
-        self.patch(txass._rpc, "MAX_UNCONFIRMED", 2)
         broker, name = await self.serve(prefetch=50)
         rpc = broker.rpc(name)
-        results = await within(defer.gatherResults([rpc.call("add", [n, 1]) for n in range(50)]))
-        self.assertEqual(results, [n + 1 for n in range(50)])
-        self.assertEqual(rpc._caller._unconfirmed, 0)
+        self.assertEqual(await within(rpc.call("echo", 0)), 0)
+        big = "x" * 100_000
+        calls = [rpc.call("echo", f"{n}{big}") for n in range(40)]
+        self.assertTrue(broker._connection.send_buffer_full)
+        self.assertTrue([w for w in rpc._caller._waiting if not w.called])
+        results = await within(defer.gatherResults(calls))
+        self.assertEqual(results, [f"{n}{big}" for n in range(40)])
+        self.assertFalse(broker._connection.send_buffer_full)
 
-    async def test_frozen_broker_bounds_unconfirmed(self) -> None:
+    async def test_frozen_broker_bounds_unsent(self) -> None:
         """
-        When the broker stops confirming, then no more requests than the
-        limit are published, the others time out unsent, and none of them
-        stays waiting.
+        When the broker stops taking data, then only as many requests are
+        written as the socket buffers hold, the others time out unsent,
+        and none of them stays waiting.
         """
-        self.patch(txass._rpc, "MAX_UNCONFIRMED", 5)
         name = unique_name("rpc")
         remove_after(self, name)
         server_broker = await connect(self)
@@ -387,11 +408,21 @@ class ConfirmLimitTests(RPCTestCase):
         broker = await connect(self, proxy.url)
         rpc = broker.rpc(name)
         self.assertEqual(await within(rpc.call("echo", 0)), 0)
+        written: list[str] = []
+        publish = txass._rpc._Caller._publish
+
+        def counting(caller: Any, call: Any, *args: Any) -> None:
+            written.append(call.correlation_id)
+            publish(caller, call, *args)
+
+        self.patch(txass._rpc._Caller, "_publish", counting)
         proxy.freeze()
-        calls = [rpc.call("echo", n, timeout=0.3) for n in range(50)]
+        big = "x" * 500_000
+        calls = [rpc.call("echo", big, timeout=3) for _ in range(200)]
         outcomes = await within(defer.DeferredList(calls, consumeErrors=True))
         self.assertTrue(all(not ok and f.check(txass.CallTimeout) for ok, f in outcomes))
-        self.assertEqual(rpc._caller._unconfirmed, 5)
+        # The kernel's buffers of both sockets take some megabytes.
+        self.assertLess(len(written), 100)
         self.assertEqual([w for w in rpc._caller._waiting if not w.called], [])
         self.assertEqual(rpc.pending, 0)
         proxy.cut()

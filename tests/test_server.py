@@ -24,11 +24,13 @@ class FakeConsumer:
     """
 
     def __init__(self) -> None:
-        self.events: list[tuple[str, int]] = []
+        self.events: list[tuple[str, Any]] = []
         self.on_delivery: Any = None
         self.cancelled = False
         self.closed = False
         self._closed: defer.Deferred[Exception] = defer.Deferred()
+        # The outcome of the next publish, when it is not a success.
+        self.publish_error: Exception | None = None
 
     async def consume(self, queue: str, on_delivery: Any, *, exclusive: bool = False, on_cancelled: Any = None) -> str:
         self.on_delivery = on_delivery
@@ -51,6 +53,22 @@ class FakeConsumer:
 
     def when_closed(self) -> defer.Deferred[Exception]:
         return self._closed
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: MessageProperties,
+        *,
+        mandatory: bool = False,
+    ) -> defer.Deferred[None]:
+        # A channel without publisher confirms: publishing succeeds or fails
+        # at once.
+        if self.publish_error is not None:
+            return defer.fail(self.publish_error)
+        self.events.append(("reply", routing_key))
+        return defer.succeed(None)
 
 
 class FakePublisher:
@@ -233,6 +251,28 @@ class ServerAckTests(SynchronousTestCase):
         self.publisher.published[0][3].errback(PublishFailed("nack"))
         self.assertEqual(self.consumer.events, [("ack", 1)])
         self.assertEqual(len(self.publisher.published), 1)
+
+    def test_direct_reply_acknowledged_at_once(self) -> None:
+        """
+        When the reply goes to a direct reply-to destination, then it is
+        published on the request's channel without waiting for a confirm,
+        and the request is acknowledged right after it.
+        """
+        caller = "amq.rabbitmq.reply-to.caller-1"
+        self.consumer.on_delivery(delivery(1, "quick", 5, reply_to=caller))
+        self.assertEqual(self.consumer.events, [("reply", caller), ("ack", 1)])
+        self.assertEqual(self.publisher.published, [])
+
+    def test_direct_reply_channel_closed(self) -> None:
+        """
+        When the request's channel closed before its direct reply could be
+        published, then the request is neither acknowledged nor rejected,
+        since the broker delivers it again.
+        """
+        self.consumer.publish_error = ChannelClosed(504, "CHANNEL_ERROR")
+        self.consumer.on_delivery(delivery(1, "quick", 5, reply_to="amq.rabbitmq.reply-to.caller-1"))
+        self.assertEqual(self.consumer.events, [])
+        self.assertEqual(self.publisher.published, [])
 
     def test_invalid_request_error_reply(self) -> None:
         """

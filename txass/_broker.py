@@ -116,6 +116,7 @@ class Broker:
         self._publisher_channels.clear()
         self._blocked = None
         connection.on_blocked(self._on_blocked)
+        connection.on_drained(self._on_drained)
         connection.when_closed().addCallback(self._on_connection_closed, connection)
 
     def __repr__(self) -> str:
@@ -141,6 +142,10 @@ class Broker:
             self.log.info("the broker at {url} unblocked publishing", url=self.address.safe_url())
             for caller in list(self._callers.values()):
                 caller.wake_all()
+
+    def _on_drained(self) -> None:
+        for caller in list(self._callers.values()):
+            caller.wake_all()
 
     def _on_connection_closed(self, reason: Exception, connection: AMQPConnection) -> None:
         if connection is not self._connection or self._closing is not None:

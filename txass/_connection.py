@@ -31,9 +31,9 @@ from OpenSSL import SSL, crypto
 from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 from service_identity.exceptions import CertificateError, VerificationError
-from twisted.internet import defer, error as internet_error, task
+from twisted.internet import abstract, defer, error as internet_error, task
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import Certificate, CertificateOptions, platformTrust, trustRootFromCertificates
 from twisted.logger import Logger
@@ -687,6 +687,15 @@ class AMQPChannel:
         confirmed: defer.Deferred[None] = d.addCallbacks(lambda _: None, _translate)
         return confirmed
 
+    def on_returned(self, callback: Callable[[MessageProperties], object]) -> None:
+        """
+        Call C{callback} with the properties of each mandatory message the
+        broker returns as unroutable (C{basic.return}) on this channel,
+        which must be one without publisher confirms.
+        """
+        assert not self.confirms, "a confirm channel reports returns through publish()"
+        self._channel.add_on_return_callback(lambda returned: callback(MessageProperties.from_pika(returned.properties)))
+
     async def consume(
         self,
         queue: str,
@@ -857,6 +866,47 @@ class AMQPChannel:
         await _wait_bounded(self.when_closed(), self._reactor)
 
 
+@implementer(IPushProducer)
+class _SendBuffer:
+    """
+    Whether the data written to a connection waits unsent in a full buffer.
+
+    It is the transport's streaming producer: Twisted pauses it when more
+    than the transport's buffer size waits to be sent, as when the broker
+    stops reading, and resumes it once the buffer has drained.
+    """
+
+    def __init__(self, socket: abstract.FileDescriptor | None) -> None:
+        self._socket = socket
+        self.full = False
+        self._on_drained: list[Callable[[], object]] = []
+
+    def on_drained(self, callback: Callable[[], object]) -> None:
+        """
+        Call C{callback} each time a full buffer has drained, and once when
+        the connection is lost.
+        """
+        self._on_drained.append(callback)
+
+    def _drained(self) -> None:
+        self.full = False
+        for callback in list(self._on_drained):
+            callback()
+
+    def pauseProducing(self) -> None:
+        self.full = True
+
+    def resumeProducing(self) -> None:
+        if self._socket is not None and self._socket.disconnecting:
+            # Twisted closes a transport whose buffer drained while its
+            # producer was paused only once the producer is gone.
+            self._socket.unregisterProducer()
+        self._drained()
+
+    def stopProducing(self) -> None:
+        self._drained()
+
+
 class _PikaProtocol(TwistedProtocolConnection):
     """
     pika's protocol, keeping the cause of a failed AMQP handshake that pika
@@ -871,6 +921,10 @@ class _PikaProtocol(TwistedProtocolConnection):
     # The reactor time at which the last bytes arrived from the broker.
     last_received = 0.0
 
+    # The socket's transport, under the TLS wrapper if there is one.
+    socket_transport: abstract.FileDescriptor | None = None
+    send_buffer: _SendBuffer
+
     def connectionMade(self) -> None:
         self.after_receiving = []
         # A message is several small AMQP frames, and an RPC caller waits
@@ -882,8 +936,15 @@ class _PikaProtocol(TwistedProtocolConnection):
             set_no_delay = getattr(transport, "setTcpNoDelay", None)
             if set_no_delay is not None:
                 set_no_delay(True)
+                if isinstance(transport, abstract.FileDescriptor):
+                    self.socket_transport = transport
                 break
             transport = getattr(transport, "transport", None)
+        self.send_buffer = _SendBuffer(self.socket_transport)
+        if self.socket_transport is not None:
+            # On the socket's transport itself, not on the TLS wrapper,
+            # which would not close while a producer is registered.
+            self.socket_transport.registerProducer(cast(IPushProducer, self.send_buffer), True)
         super().connectionMade()
 
     # Whether the protocol is handling received data now, and what runs
@@ -903,6 +964,28 @@ class _PikaProtocol(TwistedProtocolConnection):
                 self.after_receiving = []
                 for send in waiting:
                     send()
+            self._send_now()
+
+    def _send_now(self) -> None:
+        """
+        Send what handling the received data wrote, such as replies,
+        acknowledgements and the next RPC request, without waiting for the
+        reactor's next turn.
+
+        Twisted sends written data once the reactor finds the socket
+        writable, which costs each request and reply a turn of the reactor
+        of its own.  This sends it now, as the reactor would: a socket that
+        takes only part of the data, or fails, leaves the rest to the
+        reactor, which still watches it.
+        """
+        socket = self.socket_transport
+        if socket is None or not socket.connected or socket.disconnecting:
+            # A closing transport is left to the reactor, which closes it
+            # once its buffer is empty.
+            return
+        reactor = self._clock
+        if reactor is not None and socket in reactor.getWriters():
+            socket.doWrite()
 
     def connectionLost(self, reason: Failure = internet_error.ConnectionDone()) -> None:  # type: ignore[assignment]
         self.lost_reason = reason.value
@@ -1405,6 +1488,21 @@ class AMQPConnection:
         and with L{None} when it unblocks it.
         """
         self._blocked_callbacks.append(callback)
+
+    @property
+    def send_buffer_full(self) -> bool:
+        """
+        Whether the data written to this connection waits unsent in a full
+        buffer, as when the broker or the network stopped taking it.
+        """
+        return self._protocol.send_buffer.full
+
+    def on_drained(self, callback: Callable[[], object]) -> None:
+        """
+        Call C{callback} each time the full send buffer of this connection
+        has drained, and once when the connection is lost.
+        """
+        self._protocol.send_buffer.on_drained(callback)
 
     def _on_closed(self, reason: Any) -> None:
         self._stop_watchdog()

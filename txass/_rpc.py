@@ -2,12 +2,17 @@
 Request/response calls: a Deferred that fires with the handler's result.
 
 Every RPC call over one broker connection goes through one L{_Caller}: one
-AMQP channel, with publisher confirms, that publishes the requests of every
-service and receives their replies.  Replies come through RabbitMQ's direct
-reply-to (the pseudo-queue C{amq.rabbitmq.reply-to}), so no queue is
-declared for them and none is left behind when the process dies; a broker
-without it gets an exclusive queue that it deletes with the connection.
-Replies are matched to calls by correlation id alone.
+AMQP channel that publishes the requests of every service and receives
+their replies.  Replies come through RabbitMQ's direct reply-to (the
+pseudo-queue C{amq.rabbitmq.reply-to}), so no queue is declared for them
+and none is left behind when the process dies; a broker without it gets an
+exclusive queue that it deletes with the connection.  Replies are matched
+to calls by correlation id alone.
+
+Requests are published without publisher confirms: the reply confirms a
+call, and a confirm would cost the broker and both ends work on the path of
+every call.  The C{mandatory} flag still makes the broker return a request
+that no queue takes, which fails its call at once.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.base import DelayedCall
+from twisted.python.failure import Failure
 
 from txass import _envelope
 from txass._connection import AMQPChannel, Delivery, MessageProperties
@@ -33,9 +39,7 @@ from txass.errors import (
     ConnectionLost,
     InvalidReply,
     InvalidRequest,
-    MessageTooLarge,
     ServiceNotFound,
-    UnroutableMessage,
 )
 
 if TYPE_CHECKING:
@@ -58,12 +62,6 @@ MAX_EXPIRATION = 2**32 - 1
 # Requests of RPC calls are not persistent: a caller that gave up on its
 # reply gains nothing from a request that survives a broker restart.
 TRANSIENT = 1
-
-# The maximum number of requests published and not yet confirmed by the
-# broker.  Further calls wait, unsent, until confirms arrive or their
-# timeout runs out, so a broker that stops confirming (frozen, or blocked
-# by a resource alarm) cannot make requests pile up in memory.
-MAX_UNCONFIRMED = 1000
 
 
 def check_timeout(timeout: object) -> float:
@@ -126,9 +124,9 @@ class _Caller:
         self._pending_by_service: Counter[str] = Counter()
         self._channel: SharedResult[tuple[AMQPChannel, str]] = SharedResult(self._open)
         self._closed: Exception | None = None
-        self._unconfirmed = 0
-        # Calls waiting, unsent, for the number of unconfirmed requests to
-        # drop below MAX_UNCONFIRMED or for the broker to unblock.
+        # Calls waiting, unsent, for the connection's send buffer to drain
+        # or for the broker to unblock, so that a broker that stops taking
+        # requests cannot make them pile up in memory.
         self._waiting: deque[defer.Deferred[None]] = deque()
 
     def pending(self, service: str) -> int:
@@ -148,7 +146,8 @@ class _Caller:
         return await self._open_with(f"txass.reply.{uuid.uuid4().hex}")
 
     async def _open_with(self, reply_to: str) -> tuple[AMQPChannel, str]:
-        channel = await self._broker._open_channel(confirms=True, wait=True)
+        channel = await self._broker._open_channel(wait=True)
+        channel.on_returned(self._on_returned)
         try:
             if reply_to != DIRECT_REPLY_TO:
                 await channel.declare_queue(reply_to, durable=False, exclusive=True, auto_delete=True)
@@ -198,7 +197,12 @@ class _Caller:
         self._pending[correlation_id] = call
         self._pending_by_service[topology.service] += 1
         call.timer = self._broker._reactor.callLater(timeout, self._expire, correlation_id)
-        defer.Deferred.fromCoroutine(self._send(call, body))
+        current = self._channel.current()
+        if current is not None and current[0].is_open and self._may_send() and self._closed is None:
+            # The common case, without a coroutine: publish now.
+            self._publish(call, body, *current)
+        else:
+            defer.Deferred.fromCoroutine(self._send(call, body))
         return d
 
     def _check_open(self) -> None:
@@ -207,16 +211,23 @@ class _Caller:
         if self._broker._closing is not None:
             raise ConnectionLost("Broker.close() was called")
 
+    def _may_send(self) -> bool:
+        """
+        Whether a request may be published now: the broker does not block
+        publishing, and the connection's send buffer is not full.
+        """
+        broker = self._broker
+        return broker._blocked is None and not broker._connection.send_buffer_full
+
     async def _send(self, call: _Call, body: bytes) -> None:
+        """
+        Publish the request of C{call} once the channel is open and the
+        request may be sent.
+        """
         try:
             self._check_open()
             channel, reply_to = await self._channel.get()
-            if not channel.is_open:
-                # The channel closed, and the close notice has not reached
-                # this caller yet.
-                self._forget_channel(channel)
-                channel, reply_to = await self._channel.get()
-            while self._unconfirmed >= MAX_UNCONFIRMED or self._broker._blocked is not None:
+            while not self._may_send():
                 call.waiter = defer.Deferred()
                 self._waiting.append(call.waiter)
                 await call.waiter
@@ -228,50 +239,49 @@ class _Caller:
                 # Timed out or cancelled while the channel opened.
                 return
             if not channel.is_open:
+                # The channel closed, and the close notice has not reached
+                # this caller yet.
                 self._forget_channel(channel)
                 channel, reply_to = await self._channel.get()
-            call.channel = channel
-            properties = MessageProperties(
-                content_type=call.codec.content_type,
-                delivery_mode=TRANSIENT,
-                message_id=call.correlation_id,
-                correlation_id=call.correlation_id,
-                reply_to=reply_to,
-                type=call.method,
-                # The broker drops a request still queued when its caller
-                # stops waiting for the reply.
-                expiration=str(min(math.ceil(call.timeout * 1000), MAX_EXPIRATION)),
-            )
-            self._unconfirmed += 1
-            try:
-                # The default exchange routes to the service queue if it
-                # exists and returns the request otherwise, so a missing
-                # service is reported and not created.
-                await channel.publish("", call.topology.queue, body, properties, mandatory=True)
-            finally:
-                self._unconfirmed -= 1
-                self._wake_one()
-        except UnroutableMessage:
-            self._fail(call, ServiceNotFound(call.service, self._broker.address.vhost))
-        except MessageTooLarge as e:
-            self._fail(call, e)
-        except (ConnectionLost, ChannelClosed) as e:
-            if call.channel is not None:
-                # The channel closed before the broker confirmed the request.
-                e = self._lost(call, e)
-            self._fail(call, e)
         except Exception as e:
             self._fail(call, e)
+            return
+        self._publish(call, body, channel, reply_to)
 
-    def _wake_one(self) -> None:
-        """
-        Let the first waiting call try to publish again.
-        """
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.called:
-                waiter.callback(None)
-                return
+    def _publish(self, call: _Call, body: bytes, channel: AMQPChannel, reply_to: str) -> None:
+        properties = MessageProperties(
+            content_type=call.codec.content_type,
+            delivery_mode=TRANSIENT,
+            message_id=call.correlation_id,
+            correlation_id=call.correlation_id,
+            reply_to=reply_to,
+            type=call.method,
+            # The broker drops a request still queued when its caller
+            # stops waiting for the reply.
+            expiration=str(min(math.ceil(call.timeout * 1000), MAX_EXPIRATION)),
+        )
+        # The default exchange routes to the service queue if it exists and
+        # returns the request otherwise (see _on_returned), so a missing
+        # service is reported and not created.  Without confirms, publish()
+        # fails only at once, when it sends nothing.
+        call.channel = channel
+        channel.publish("", call.topology.queue, body, properties, mandatory=True).addErrback(self._not_sent, call)
+
+    def _not_sent(self, failure: Failure, call: _Call) -> Failure | None:
+        error = failure.value
+        if not isinstance(error, Exception):
+            return failure
+        if isinstance(error, (ConnectionLost, ChannelClosed)):
+            error = ConnectionLost(f"{error} while calling {call.service}.{call.method}; the request was not sent")
+        self._fail(call, error)
+        return None
+
+    def _on_returned(self, properties: MessageProperties) -> None:
+        # Called by the AMQP engine: nothing may escape from here.
+        correlation_id = properties.correlation_id
+        call = self._pending.get(correlation_id) if correlation_id else None
+        if call is not None:
+            self._fail(call, ServiceNotFound(call.service, self._broker.address.vhost))
 
     def wake_all(self) -> None:
         """
@@ -438,9 +448,8 @@ class RPCClient:
             broker has no queue for the service,
             L{txass.errors.EncodingError} when C{data} or C{meta} cannot be
             encoded as JSON, L{txass.errors.MessageTooLarge} when the request
-            is larger than the broker accepts, L{txass.errors.PublishFailed}
-            when the broker rejected it, L{txass.errors.ConnectionLost} when
-            the connection or channel closed before the reply came (the
+            is larger than the broker accepts, L{txass.errors.ConnectionLost}
+            when the connection or channel closed before the reply came (the
             request may have been served), and L{txass.errors.InvalidReply}
             when the reply is not a txass reply.
         @raise ValueError: if C{timeout} is not a number of seconds greater

@@ -88,6 +88,16 @@ class ConsumerChannel(Protocol):
 
     def when_closed(self) -> defer.Deferred[Exception]: ...
 
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: MessageProperties,
+        *,
+        mandatory: bool = False,
+    ) -> defer.Deferred[None]: ...
+
 
 class PublishChannel(Protocol):
     """
@@ -1002,20 +1012,29 @@ class Server:
         codec: Codec = JSON,
     ) -> bool:
         """
-        Publish the reply to a request and wait for the broker's confirm.
+        Publish the reply to a request and, when it goes to a queue, wait for
+        the broker's confirm.
 
-        A reply the broker returns (no such queue) or nacks (for example a
-        full queue that rejects publishes) is dropped with a log line, since
-        serving the request again would only repeat that.  When the broker
-        closes the reply channel, the reply is tried once more on a new
-        channel, then replaced by a short error reply, so an oversized reply
-        cannot block the server.
+        A reply to a direct reply-to destination goes out on the channel
+        the request came on, without a confirm: the broker passes it
+        straight to the caller's channel, or drops it when the caller is
+        gone, so a confirm would tell nothing more, and the request is
+        acknowledged right behind the reply.
+
+        A reply to a queue goes on the server's confirm channel.  One the
+        broker returns (no such queue) or nacks (for example a full queue
+        that rejects publishes) is dropped with a log line, since serving
+        the request again would only repeat that.  When the broker closes
+        the reply channel, the reply is tried once more on a new channel,
+        then replaced by a short error reply, so an oversized reply cannot
+        block the server.
 
         @return: Whether the request may now be acknowledged.
         """
         properties = delivery.properties
         reply_to = properties.reply_to
         assert reply_to
+        direct = not _can_return(reply_to)
         last_error: Exception | None = None
         # The reply, the reply again on a new channel, then an error reply.
         attempts: list[bytes | None] = [body, body, None]
@@ -1031,8 +1050,15 @@ class Server:
                 delivery_mode=PERSISTENT,
             )
             try:
-                publisher = await self._publisher()
-                await publisher.publish("", reply_to, payload, reply_properties, mandatory=_can_return(reply_to))
+                if direct:
+                    if key[0] != self._generation:
+                        # The request's channel is gone, and the broker
+                        # delivers the request again.
+                        return False
+                    await self._consumer.publish("", reply_to, payload, reply_properties)
+                else:
+                    publisher = await self._publisher()
+                    await publisher.publish("", reply_to, payload, reply_properties, mandatory=True)
                 return True
             except MessageTooLarge as e:
                 self.log.error(
@@ -1078,6 +1104,17 @@ class Server:
                 )
                 return False
             except ChannelClosed as e:
+                if direct:
+                    # The channel the request came on closed, so the broker
+                    # delivers the request again.
+                    self.log.warn(
+                        "reply to request {message_id} of {service} not sent: {error}; "
+                        "the request will be redelivered",
+                        message_id=properties.message_id,
+                        service=self.service,
+                        error=e,
+                    )
+                    return False
                 self.log.warn(
                     "reply to request {message_id} of {service} not sent: {error}; trying again",
                     message_id=properties.message_id,
