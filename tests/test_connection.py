@@ -301,6 +301,16 @@ class AckBatchTests(SynchronousTestCase):
         self.assertEqual(self.raw.frames, [("ack", 2, True), ("ack", 4, False)])
         self.assertEqual(list(self.channel._unsettled), [3, 4, 5, 6])
 
+    def test_single_ack_not_multiple(self) -> None:
+        """
+        A run of one acknowledgement goes out as a plain ack, not a
+        multiple-ack.
+        """
+        self.protocol.receiving = True
+        self.channel.ack(1)
+        self.protocol.finish()
+        self.assertEqual(self.raw.frames, [("ack", 1, False)])
+
     def test_later_ack_moves_past_settled(self) -> None:
         """
         An acknowledgement made outside received data goes out at once, and

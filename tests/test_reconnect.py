@@ -85,6 +85,27 @@ class ProxyCutTests(unittest.TestCase):
         self.assertEqual(await within(rpc.call("echo", "during", timeout=10)), "during")
         self.flushLoggedErrors()
 
+    async def test_call_from_errback_of_lost_call(self) -> None:
+        """
+        When a call fails because the connection dropped, then a call made
+        straight from its errback waits for the new connection and gets its
+        reply.
+        """
+        proxy, broker, server, name = await serve_through_proxy(self)
+        rpc = broker.rpc(name)
+        self.assertEqual(await within(rpc.call("echo", 1)), 1)
+
+        def again(failure: Any) -> defer.Deferred[Any]:
+            failure.trap(txass.ConnectionLost)
+            return rpc.call("echo", "again", timeout=10)
+
+        proxy.freeze()
+        lost = rpc.call("echo", "lost", timeout=10).addErrback(again)
+        proxy.thaw()
+        proxy.cut()
+        self.assertEqual(await within(lost), "again")
+        self.flushLoggedErrors()
+
     async def test_client_resumes(self) -> None:
         """
         When the connection of a keyed client is cut, then it consumes its

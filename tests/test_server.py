@@ -29,7 +29,7 @@ class FakeConsumer:
         self.cancelled = False
         self.closed = False
         self._closed: defer.Deferred[Exception] = defer.Deferred()
-        # The outcome of the next publish, when it is not a success.
+        # What the next send raises, if anything.
         self.publish_error: Exception | None = None
 
     async def consume(self, queue: str, on_delivery: Any, *, exclusive: bool = False, on_cancelled: Any = None) -> str:
@@ -54,7 +54,7 @@ class FakeConsumer:
     def when_closed(self) -> defer.Deferred[Exception]:
         return self._closed
 
-    def publish(
+    def send(
         self,
         exchange: str,
         routing_key: str,
@@ -62,13 +62,12 @@ class FakeConsumer:
         properties: MessageProperties,
         *,
         mandatory: bool = False,
-    ) -> defer.Deferred[None]:
+    ) -> None:
         # A channel without publisher confirms: publishing succeeds or fails
         # at once.
         if self.publish_error is not None:
-            return defer.fail(self.publish_error)
+            raise self.publish_error
         self.events.append(("reply", routing_key))
-        return defer.succeed(None)
 
 
 class FakePublisher:

@@ -344,6 +344,25 @@ class TLSBrokerTests(unittest.TestCase):
         self.assertEqual(result, "hello, tls")
         self.assertEqual(broker.address.safe_url(), tls_url(cacertfile=tls_files().ca).replace(":guest@", ":***@"))
 
+    async def test_send_buffer_watched(self) -> None:
+        """
+        When more is written over TLS than the send buffer holds, then RPC
+        calls wait unsent until it drains, as over plain TCP, and every
+        call gets its result.
+        """
+        await tls_node(self)
+        broker = await txass.connect(tls_url(cacertfile=tls_files().ca))
+        self.addCleanup(broker.close)
+        service = unique_name("tls")
+        self.addCleanup(self.remove_service, service)
+        await broker.service(service).react(Greeter)
+        rpc = broker.rpc(service)
+        self.assertEqual(await within(rpc.call("greet", "tls")), "hello, tls")
+        names = [f"{n}{'x' * 100_000}" for n in range(40)]
+        calls = [rpc.call("greet", name) for name in names]
+        self.assertTrue(broker._connection.send_buffer_full)
+        self.assertEqual(await within(defer.gatherResults(calls)), [f"hello, {name}" for name in names])
+
     async def remove_service(self, service: str) -> None:
         connection = await open_connection(parse_url(tls_url(cacertfile=tls_files().ca)), reactor)
         try:

@@ -363,9 +363,24 @@ class Broker:
         """
         # Servers still open channels while Broker.close() drains them, to
         # publish their last replies.
-        if wait and self._reconnecting is not None:
+        if wait and (self._reconnecting is not None or self._will_reconnect()):
             await self._wait_connected()
         return await self._connection.channel(confirms=confirms)
+
+    def _will_reconnect(self) -> bool:
+        """
+        Whether the connection is lost and the broker is about to connect
+        again: channels learn of the loss before the broker does, so code
+        that runs on a channel's close can find the reconnection not yet
+        started.
+        """
+        return (
+            self._reconnects
+            and not self._connection.is_open
+            and self._closing is None
+            and not self._close_requested
+            and self._final_reason is None
+        )
 
     def _reopening_channel(self) -> SharedResult[AMQPChannel]:
         """

@@ -687,6 +687,34 @@ class AMQPChannel:
         confirmed: defer.Deferred[None] = d.addCallbacks(lambda _: None, _translate)
         return confirmed
 
+    def send(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: MessageProperties,
+        *,
+        mandatory: bool = False,
+    ) -> None:
+        """
+        Publish a message on a channel without publisher confirms, where
+        nothing comes back to wait for, so no Deferred is made.
+
+        @raise MessageTooLarge: C{body} is larger than L{MAX_MESSAGE_SIZE};
+            nothing is sent.
+        @raise ChannelClosed: The channel is closed or closing.
+        @raise ConnectionLost: The connection is closed or closing.
+        """
+        assert not self.confirms, "a confirm channel publishes with publish()"
+        if len(body) > MAX_MESSAGE_SIZE:
+            raise MessageTooLarge(len(body), MAX_MESSAGE_SIZE)
+        if self.close_reason is not None:
+            raise self.close_reason
+        try:
+            self._raw.basic_publish(exchange, routing_key, body, properties.to_pika(), mandatory)
+        except Exception as e:
+            raise cast(Exception, _translate(Failure(e)).value) from None
+
     def on_returned(self, callback: Callable[[MessageProperties], object]) -> None:
         """
         Call C{callback} with the properties of each mandatory message the
@@ -824,15 +852,19 @@ class AMQPChannel:
         pending, self._pending_acks = self._pending_acks, set()
         unsettled = self._unsettled
         highest: int | None = None
+        run = 0
         while unsettled and (unsettled[0] in pending or unsettled[0] in self._settled):
             tag = unsettled.popleft()
+            run += 1
             if tag in pending:
                 pending.discard(tag)
                 highest = tag
             else:
                 self._settled.discard(tag)
         if highest is not None:
-            self._send_ack(highest, multiple=True)
+            # A run of one needs no multiple-ack, which makes the broker
+            # look for every earlier delivery it covers.
+            self._send_ack(highest, multiple=run > 1)
         for tag in sorted(pending):
             self._settled.add(tag)
             self._send_ack(tag, multiple=False)
@@ -931,15 +963,18 @@ class _PikaProtocol(TwistedProtocolConnection):
         # for the reply: with Nagle's algorithm on, the kernel can hold the
         # last frame back until the broker's delayed ACK, about 40 ms on
         # Linux.  Under TLS, the TCP transport is the wrapper's transport.
+        # Twisted's TLS wrapper passes unknown attributes, setTcpNoDelay
+        # among them, on to the transport below it, so the socket's
+        # transport is found by its class.
         transport = self.transport
         for _ in range(3):
-            set_no_delay = getattr(transport, "setTcpNoDelay", None)
-            if set_no_delay is not None:
-                set_no_delay(True)
-                if isinstance(transport, abstract.FileDescriptor):
-                    self.socket_transport = transport
+            if isinstance(transport, abstract.FileDescriptor):
+                self.socket_transport = transport
                 break
             transport = getattr(transport, "transport", None)
+        set_no_delay = getattr(self.socket_transport or self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         self.send_buffer = _SendBuffer(self.socket_transport)
         if self.socket_transport is not None:
             # On the socket's transport itself, not on the TLS wrapper,

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.base import DelayedCall
-from twisted.python.failure import Failure
 
 from txass import _envelope
 from txass._connection import AMQPChannel, Delivery, MessageProperties
@@ -262,19 +261,17 @@ class _Caller:
         )
         # The default exchange routes to the service queue if it exists and
         # returns the request otherwise (see _on_returned), so a missing
-        # service is reported and not created.  Without confirms, publish()
-        # fails only at once, when it sends nothing.
-        call.channel = channel
-        channel.publish("", call.topology.queue, body, properties, mandatory=True).addErrback(self._not_sent, call)
-
-    def _not_sent(self, failure: Failure, call: _Call) -> Failure | None:
-        error = failure.value
-        if not isinstance(error, Exception):
-            return failure
-        if isinstance(error, (ConnectionLost, ChannelClosed)):
-            error = ConnectionLost(f"{error} while calling {call.service}.{call.method}; the request was not sent")
-        self._fail(call, error)
-        return None
+        # service is reported and not created.
+        try:
+            channel.send("", call.topology.queue, body, properties, mandatory=True)
+        except (ConnectionLost, ChannelClosed) as e:
+            self._fail(
+                call, ConnectionLost(f"{e} while calling {call.service}.{call.method}; the request was not sent")
+            )
+        except Exception as e:
+            self._fail(call, e)
+        else:
+            call.channel = channel
 
     def _on_returned(self, properties: MessageProperties) -> None:
         # Called by the AMQP engine: nothing may escape from here.

@@ -6,9 +6,9 @@ handler, publish the reply, then acknowledge the request.
 from __future__ import annotations
 
 import math
+import os
 import time
 import traceback as traceback_module
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -88,7 +88,7 @@ class ConsumerChannel(Protocol):
 
     def when_closed(self) -> defer.Deferred[Exception]: ...
 
-    def publish(
+    def send(
         self,
         exchange: str,
         routing_key: str,
@@ -96,7 +96,7 @@ class ConsumerChannel(Protocol):
         properties: MessageProperties,
         *,
         mandatory: bool = False,
-    ) -> defer.Deferred[None]: ...
+    ) -> None: ...
 
 
 class PublishChannel(Protocol):
@@ -132,7 +132,11 @@ def _can_return(reply_to: str) -> bool:
 
 
 def new_message_id() -> str:
-    return uuid.uuid4().hex
+    """
+    Return 128 random bits from the operating system as 32 lowercase hex
+    digits: a message or correlation id that no one can guess.
+    """
+    return os.urandom(16).hex()
 
 
 class Server:
@@ -1055,7 +1059,7 @@ class Server:
                         # The request's channel is gone, and the broker
                         # delivers the request again.
                         return False
-                    await self._consumer.publish("", reply_to, payload, reply_properties)
+                    self._consumer.send("", reply_to, payload, reply_properties)
                 else:
                     publisher = await self._publisher()
                     await publisher.publish("", reply_to, payload, reply_properties, mandatory=True)
