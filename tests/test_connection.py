@@ -393,7 +393,8 @@ MORE_THAN_SOCKETS_HOLD = b"x" * 64_000_000
 
 class _Holding(protocol.Protocol):
     """
-    A server protocol that reads nothing until told to.
+    A server protocol that reads nothing until the test resumes its
+    transport.
     """
 
     def connectionMade(self) -> None:

@@ -334,12 +334,7 @@ class TLSBrokerTests(unittest.TestCase):
         is for the host, then the connection opens and an RPC call through
         a txass service returns its result.
         """
-        await tls_node(self)
-        broker = await txass.connect(tls_url(cacertfile=tls_files().ca))
-        self.addCleanup(broker.close)
-        service = unique_name("tls")
-        self.addCleanup(self.remove_service, service)
-        await broker.service(service).react(Greeter)
+        broker, service = await self.serve_greeter()
         result = await broker.rpc(service).call("greet", "tls", timeout=EVENT_TIMEOUT)
         self.assertEqual(result, "hello, tls")
         self.assertEqual(broker.address.safe_url(), tls_url(cacertfile=tls_files().ca).replace(":guest@", ":***@"))
@@ -350,18 +345,26 @@ class TLSBrokerTests(unittest.TestCase):
         calls wait unsent until it drains, as over plain TCP, and every
         call gets its result.
         """
-        await tls_node(self)
-        broker = await txass.connect(tls_url(cacertfile=tls_files().ca))
-        self.addCleanup(broker.close)
-        service = unique_name("tls")
-        self.addCleanup(self.remove_service, service)
-        await broker.service(service).react(Greeter)
+        broker, service = await self.serve_greeter()
         rpc = broker.rpc(service)
         self.assertEqual(await within(rpc.call("greet", "tls")), "hello, tls")
         names = [f"{n}{'x' * 100_000}" for n in range(40)]
         calls = [rpc.call("greet", name) for name in names]
         self.assertTrue(broker._connection.send_buffer_full)
         self.assertEqual(await within(defer.gatherResults(calls)), [f"hello, {name}" for name in names])
+
+    async def serve_greeter(self) -> tuple[txass.Broker, str]:
+        """
+        Serve a new greeter service on the TLS node, over a verified TLS
+        connection, and return the connection and the service's name.
+        """
+        await tls_node(self)
+        broker = await txass.connect(tls_url(cacertfile=tls_files().ca))
+        self.addCleanup(broker.close)
+        service = unique_name("tls")
+        self.addCleanup(self.remove_service, service)
+        await broker.service(service).react(Greeter)
+        return broker, service
 
     async def remove_service(self, service: str) -> None:
         connection = await open_connection(parse_url(tls_url(cacertfile=tls_files().ca)), reactor)

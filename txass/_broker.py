@@ -369,10 +369,10 @@ class Broker:
 
     def _will_reconnect(self) -> bool:
         """
-        Whether the connection is lost and the broker is about to connect
-        again: channels learn of the loss before the broker does, so code
-        that runs on a channel's close can find the reconnection not yet
-        started.
+        Return whether the connection is lost and the broker is about to
+        connect again.  Channels learn of the loss before the broker does,
+        so code that runs when a channel closes can find the reconnection
+        not yet started.
         """
         return (
             self._reconnects

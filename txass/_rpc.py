@@ -212,8 +212,8 @@ class _Caller:
 
     def _may_send(self) -> bool:
         """
-        Whether a request may be published now: the broker does not block
-        publishing, and the connection's send buffer is not full.
+        Return whether a request may be published now: the broker does not
+        block publishing, and the connection's send buffer is not full.
         """
         broker = self._broker
         return broker._blocked is None and not broker._connection.send_buffer_full

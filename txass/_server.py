@@ -1020,10 +1020,10 @@ class Server:
         the broker's confirm.
 
         A reply to a direct reply-to destination goes out on the channel
-        the request came on, without a confirm: the broker passes it
+        the request came on, without a confirm, and the request is
+        acknowledged right behind it.  The broker passes such a reply
         straight to the caller's channel, or drops it when the caller is
-        gone, so a confirm would tell nothing more, and the request is
-        acknowledged right behind the reply.
+        gone, so a confirm would tell nothing more.
 
         A reply to a queue goes on the server's confirm channel.  One the
         broker returns (no such queue) or nacks (for example a full queue
@@ -1096,22 +1096,11 @@ class Server:
                     reply_to=reply_to,
                 )
                 return True
-            except ConnectionLost as e:
-                # The request stays unacknowledged on a connection that is
-                # gone, so the broker delivers it again.
-                self.log.error(
-                    "reply to request {message_id} of {service} not sent: {error}; "
-                    "the request will be redelivered",
-                    message_id=properties.message_id,
-                    service=self.service,
-                    error=e,
-                )
-                return False
-            except ChannelClosed as e:
-                if direct:
-                    # The channel the request came on closed, so the broker
-                    # delivers the request again.
-                    self.log.warn(
+            except (ConnectionLost, ChannelClosed) as e:
+                if isinstance(e, ConnectionLost) or direct:
+                    # The request stays unacknowledged on a connection, or a
+                    # channel, that is gone, so the broker delivers it again.
+                    self.log.error(
                         "reply to request {message_id} of {service} not sent: {error}; "
                         "the request will be redelivered",
                         message_id=properties.message_id,
