@@ -361,7 +361,7 @@ class AckBatchTests(SynchronousTestCase):
 
 
 class SendNowTests(unittest.TestCase):
-    async def test_written_while_receiving_is_sent_at_once(self) -> None:
+    async def test_sent_before_receiving_returns(self) -> None:
         """
         When something is written while the connection handles received
         data, then it is sent before the handling returns, not on the
@@ -386,8 +386,8 @@ class SendNowTests(unittest.TestCase):
         self.assertNotIn(socket_transport, reactor.getWriters())
 
 
-# More than the kernel buffers of a loopback connection hold, so that the
-# rest waits in the transport until the peer reads.
+# More than the kernel buffers of a loopback connection hold (an estimate:
+# they hold a few megabytes), so the rest waits in the transport.
 MORE_THAN_SOCKETS_HOLD = b"x" * 64_000_000
 
 

@@ -273,6 +273,18 @@ class ServerAckTests(SynchronousTestCase):
         self.assertEqual(self.consumer.events, [])
         self.assertEqual(self.publisher.published, [])
 
+    def test_direct_reply_after_channel_replaced(self) -> None:
+        """
+        When the consumer's channel was replaced while the handler ran, then
+        the direct reply is not sent on the new channel and the request is
+        not acknowledged, since the broker delivers it again.
+        """
+        self.consumer.on_delivery(delivery(1, "slow", "a", reply_to="amq.rabbitmq.reply-to.caller-1"))
+        self.server._generation += 1
+        self.handler.pending["a"].callback("done")
+        self.assertEqual(self.consumer.events, [])
+        self.assertEqual(self.publisher.published, [])
+
     def test_invalid_request_error_reply(self) -> None:
         """
         When the body is not an envelope, then an InvalidRequest error reply

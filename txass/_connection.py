@@ -862,8 +862,7 @@ class AMQPChannel:
             else:
                 self._settled.discard(tag)
         if highest is not None:
-            # A run of one needs no multiple-ack, which makes the broker
-            # look for every earlier delivery it covers.
+            # A run of one is sent as a plain ack.
             self._send_ack(highest, multiple=run > 1)
         for tag in sorted(pending):
             self._settled.add(tag)
@@ -930,8 +929,8 @@ class _SendBuffer:
 
     def resumeProducing(self) -> None:
         if self._socket is not None and self._socket.disconnecting:
-            # Twisted closes a transport whose buffer drained while its
-            # producer was paused only once the producer is gone.
+            # Twisted does not close a transport whose buffer drained while
+            # its producer was paused until the producer is unregistered.
             self._socket.unregisterProducer()
         self._drained()
 

@@ -1056,8 +1056,14 @@ class Server:
             try:
                 if direct:
                     if key[0] != self._generation:
-                        # The request's channel is gone, and the broker
+                        # The request's channel is gone, so the broker
                         # delivers the request again.
+                        self.log.warn(
+                            "reply to request {message_id} of {service} not sent: its channel is closed; "
+                            "the request will be redelivered",
+                            message_id=properties.message_id,
+                            service=self.service,
+                        )
                         return False
                     self._consumer.send("", reply_to, payload, reply_properties)
                 else:
