@@ -519,8 +519,31 @@ async def _wait_bounded(d: defer.Deferred[Any], reactor: Any) -> bool:
     return False
 
 
-async def _call(d: defer.Deferred[Any]) -> Any:
-    return await d.addErrback(_translate)
+async def _call(d: defer.Deferred[Any], on_abandoned: Callable[[Any], object] | None = None) -> Any:
+    """
+    Wait for the result of C{d}, a Deferred of pika's.
+
+    Cancelling the wait leaves C{d} alone: pika fires it later, when the
+    broker replies or the channel closes, and firing a cancelled Deferred
+    raises inside pika's frame handling, which drops the connection.
+
+    @param on_abandoned: Called with the result of C{d} when it succeeds
+        after the wait was cancelled, to release what it opened.
+    """
+    waiting: defer.Deferred[Any] = defer.Deferred()
+
+    def succeeded(result: Any) -> None:
+        if not waiting.called:
+            waiting.callback(result)
+        elif on_abandoned is not None:
+            on_abandoned(result)
+
+    def failed(failure: Failure) -> None:
+        if not waiting.called:
+            waiting.errback(_translate(failure))
+
+    d.addCallbacks(succeeded, failed)
+    return await waiting
 
 
 class AMQPChannel:
@@ -1581,7 +1604,7 @@ class AMQPConnection:
             raise ChannelClosed(
                 0, "no free channel number: every channel this connection negotiated (channel_max) is open"
             ) from None
-        twisted_channel = await _call(opening)
+        twisted_channel = await _call(opening, on_abandoned=_close_abandoned_channel)
         channel = AMQPChannel(twisted_channel, confirms=False, reactor=self._reactor, protocol=self._protocol)
         if confirms:
             await channel.enable_confirms()
@@ -1603,6 +1626,16 @@ class AMQPConnection:
             )
             self._protocol.transport.abortConnection()
             await closed
+
+
+def _close_abandoned_channel(channel: TwistedChannel) -> None:
+    """
+    Close a channel that opened after the caller stopped waiting for it.
+    """
+    try:
+        channel.close()
+    except (pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError):
+        pass
 
 
 async def open_connection(address: BrokerAddress, reactor: Any) -> AMQPConnection:
