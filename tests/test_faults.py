@@ -358,6 +358,45 @@ class CloseWhileStartingTests(unittest.TestCase):
         await task.deferLater(reactor, 0, lambda: None)
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    async def test_close_drains_requests_taken_while_starting(self) -> None:
+        """
+        When the broker is closed while a server starts and the server has
+        already taken a request, then the request gets its reply and is
+        acknowledged before the connection closes, and the start fails
+        with ConnectionLost.
+        """
+        name = unique_name("close-starting")
+        remove_after(self, name)
+        client_broker = await connect(self)
+        results = Results()
+        client = await client_broker.service(name).client().react(results)
+        await client.call("hold", "queued before the server")
+
+        entered: defer.Deferred[None] = defer.Deferred()
+        release: defer.Deferred[str] = defer.Deferred()
+
+        class Holder:
+            def hold(self, value: Any) -> defer.Deferred[str]:
+                entered.callback(None)
+                return release
+
+        broker = await txass.connect()
+        self.addCleanup(broker.close)
+        starting = broker.service(name).react(Holder)
+        await within(entered)
+        # The request waited in the queue, so it comes right behind the
+        # first consume-ok, before the server's other consumer is set up.
+        self.assertFalse(starting.called, "the server finished starting before it took the request")
+        closing = broker.close()
+        release.callback("answered")
+
+        await within(closing)
+        await results.wait_for(1)
+        self.assertEqual(results.values(), ["answered"])
+        await self.assertFailure(starting, txass.ConnectionLost)
+        channel = await raw_channel(self)
+        self.assertEqual(await channel.declare_queue(name, passive=True), (0, 0))
+
 
 class LifecycleRaceTests(unittest.TestCase):
     async def consumers(self, queue: str) -> int:
@@ -378,6 +417,37 @@ class LifecycleRaceTests(unittest.TestCase):
         await client.stop()
         await reacting
         self.assertEqual(await self.consumers(client.queue), 0)
+
+    async def test_cancel_react_at_each_step(self) -> None:
+        """
+        When react is cancelled at each point of its start in turn, then the
+        connection stays usable, no error is logged, no consumer is left
+        behind and the broker closes promptly.
+        """
+        name = unique_name("cancel-react")
+        remove_after(self, name)
+        broker = await txass.connect()
+        self.addCleanup(broker.close)
+        results = Results()
+        client = await broker.service(name).client().react(results)
+        for turns in range(12):
+            starting = broker.service(name).react(Handler)
+            for _ in range(turns):
+                await task.deferLater(reactor, 0, lambda: None)
+            starting.cancel()
+            try:
+                server = await starting
+            except defer.CancelledError:
+                continue
+            await server.stop()
+
+        await broker.service(name).react(Handler)
+        await client.call("ok")
+        await results.wait_for(1)
+
+        self.assertEqual(await self.consumers(name), 1)
+        await within(broker.close(), 6)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     async def test_react_stop_react_stop(self) -> None:
         """

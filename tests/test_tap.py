@@ -107,7 +107,13 @@ class TwistdProcess(protocol.ProcessProtocol):
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
         self._output_waiters.append((text, d))
-        return support.within(d, seconds)
+
+        def explain(failure: Failure) -> Failure:
+            # The output shows why the stage did not log C{text}.
+            failure.trap(defer.TimeoutError)
+            raise AssertionError(f"{text!r} not on stdout within {seconds:g} s; stdout so far:\n{self.stdout}")
+
+        return support.within(d, seconds).addErrback(explain)
 
     def send_signal(self, name: str) -> None:
         assert self.transport is not None
@@ -845,6 +851,34 @@ class ShutdownTests(unittest.TestCase):
         self.assertEqual(sorted(value["label"] for value in values), in_flight)
         self.assertEqual({value["pid"] for value in values}, {process.pid})
         self.assertEqual({value["redelivered"] for value in values}, {False})
+        self.assertEqual(await support.message_count(self, service), 0)
+
+    async def test_sigterm_while_starting(self) -> None:
+        """
+        When SIGTERM arrives while the stage is still starting but has
+        already taken a request, then the stage finishes starting, replies
+        to that request and exits with status 0.
+        """
+        service = support.unique_name("tap-starting")
+        support.remove_after(self, service)
+        directory = make_directory(self)
+        _, client, results = await self.start_client(service)
+        # Queued before the stage starts, the request arrives right behind
+        # the stage's first consume-ok, and the handler sends SIGTERM before
+        # the stage's other consumer is set up.
+        await client.call("hold", {"directory": directory, "label": "queued", "terminate": True})
+        process = start_stage(self, service, HOLDER)
+
+        await process.wait_for_output(f"stopping {service}: 1 requests in flight")
+        self.release(directory)
+        await process.wait_for_end()
+        await results.wait_for(1)
+        [value] = results.values()
+        output = process.stdout
+
+        self.assertEqual(process.exit_code, 0, output)
+        self.assertLess(output.index("SIGTERM received: draining"), output.index(f"serving {service} with"), output)
+        self.assertEqual((value["label"], value["pid"], value["redelivered"]), ("queued", process.pid, False))
         self.assertEqual(await support.message_count(self, service), 0)
 
     async def test_second_sigterm_while_draining(self) -> None:

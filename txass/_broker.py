@@ -95,6 +95,10 @@ class Broker:
         # NOTE: a deleted exchange is not declared again until reconnect.
         self._declarations: dict[tuple[str, str], SharedResult[None]] = {}
         self._servers: set[Server] = set()
+        # Servers still starting, each as a Deferred that fires once its
+        # start has ended, by serving or failing.  Broker.close() waits for
+        # them: a server may take requests before its start ends.
+        self._starting_servers: set[defer.Deferred[None]] = set()
         self._clients: set[Client] = set()
         # The RPC callers of this connection, by whether they use direct
         # reply-to.
@@ -507,6 +511,19 @@ class Broker:
 
         await self._declare_once("queue", queue, declare)
 
+    def _react(self, topology: Topology, handler: Any, options: dict[str, Any]) -> defer.Deferred[Server]:
+        """
+        Start a server, and have L{close} wait for its start to end.
+        """
+        starting = defer.Deferred.fromCoroutine(self._start_server(topology, handler, options))
+        if not starting.called:
+            # Registered before the caller's callbacks, so that the wait in
+            # close() never depends on what they do.
+            ended = when_done(starting)
+            self._starting_servers.add(ended)
+            ended.addCallback(lambda _: self._starting_servers.discard(ended))
+        return starting
+
     async def _start_server(self, topology: Topology, handler: Any, options: dict[str, Any]) -> Server:
         try:
             server = await self._start_server_once(topology, handler, options)
@@ -517,8 +534,10 @@ class Broker:
             self._forget_declarations(topology, None)
             server = await self._start_server_once(topology, handler, options)
         if self._closing is not None:
-            # Broker.close() ran while the server started, so it did not
-            # drain this one.
+            # Broker.close() ran while the server started.  The server may
+            # have taken requests already, so it drains them like the
+            # others, and close() waits for that before it closes the
+            # connection.
             await server.stop()
             raise ConnectionLost("Broker.close() was called while the server was starting")
         return server
@@ -559,7 +578,10 @@ class Broker:
         """
         Stop every server started through this broker (letting requests in
         flight finish within each server's grace period), stop every
-        client's result consumer, then close the connection.
+        client's result consumer, then close the connection.  A server
+        still starting finishes its start first, since it may have taken
+        requests already; its L{Service.react} then fails with
+        L{txass.errors.ConnectionLost}.
 
         @return: A Deferred that fires with L{None} once the connection is
             closed; it never fails.
@@ -586,6 +608,7 @@ class Broker:
         # side by side rather than add up.
         stops = [defer.Deferred.fromCoroutine(caller.close()) for caller in list(self._callers.values())]
         stops += [server.stop() for server in list(self._servers)]
+        stops += list(self._starting_servers)
         stops += [client.stop() for client in list(self._clients)]
         if stops:
             await defer.DeferredList(stops, consumeErrors=True)
@@ -698,7 +721,7 @@ class Service:
             "retry": retry,
             "max_attempts": max_attempts,
         }
-        return defer.Deferred.fromCoroutine(self.broker._start_server(self.topology, dispatcher, options))
+        return self.broker._react(self.topology, dispatcher, options)
 
     def client(self, *, key: str | None = None, codec: str = "json") -> Client:
         """

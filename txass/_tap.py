@@ -24,7 +24,7 @@ from txass._handler import load_handler, make_dispatcher
 from txass._policy import DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, Retry, check_max_attempts
 from txass._server import DEFAULT_MAX_REQUEST_SIZE, Server
 from txass._topology import check_service_name
-from txass.errors import InvalidHandler, InvalidName, TxassError
+from txass.errors import ConnectionLost, InvalidHandler, InvalidName, TxassError
 
 # twistd's own exit status for a stage that could not start or lost its
 # broker is 0 once the reactor stops; this status replaces it.
@@ -370,6 +370,11 @@ class StageService(Service):
         if self._stopping and failure.check(defer.CancelledError):
             self.log.info("stopped before serving {service}", service=self.service_name)
             return
+        if self._stopping and failure.check(ConnectionLost):
+            # Broker.close() ended the start, after the server drained the
+            # requests it had taken, if any.
+            self.log.info("stopped while starting to serve {service}", service=self.service_name)
+            return
         if failure.check(TxassError):
             self.log.error(
                 "cannot serve {service}: {error}",
@@ -395,10 +400,16 @@ class StageService(Service):
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        if self._starting is not None and not self._starting.called:
-            self._starting.cancel()
-        if self._broker is not None:
-            await self._broker.close()
+        if self._broker is None:
+            # The stage is still connecting, so there is nothing to drain.
+            if self._starting is not None and not self._starting.called:
+                self._starting.cancel()
+            return
+        # The server may still be starting and already serving requests
+        # from its first consumer.  Closing the broker lets it finish
+        # starting and drain them, whereas cancelling the start would close
+        # its channel under them.
+        await self._broker.close()
 
 
 def makeService(options: Options) -> StageService:

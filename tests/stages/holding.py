@@ -6,6 +6,8 @@ Its method C{hold} takes C{{"directory": D, "label": L}}.  It creates the
 file C{D/L.started} on entry, so the test can tell that the request is in
 flight, then waits without blocking the reactor until the file C{D/release}
 exists.
+A request with C{"terminate": true} also sends SIGTERM to the serving
+process on entry, so that the stage stops at a known point.
 It returns the label, the id of the serving process, whether the request
 may have been served before, and which attempt this is.
 """
@@ -13,6 +15,7 @@ may have been served before, and which attempt this is.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any
 
@@ -42,12 +45,14 @@ class Holder:
     Hold every request until the release file appears.
     """
 
-    async def hold(self, request: dict[str, str]) -> dict[str, Any]:
+    async def hold(self, request: dict[str, Any]) -> dict[str, Any]:
         request_context = txass.current_request()
         directory = request["directory"]
         label = request["label"]
         with open(started_file(directory, label), "w"):
             pass
+        if request.get("terminate"):
+            os.kill(os.getpid(), signal.SIGTERM)
 
         release = os.path.join(directory, RELEASE_FILE)
         deadline = time.monotonic() + MAX_HOLD
