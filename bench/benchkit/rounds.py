@@ -13,6 +13,15 @@ A server worker prints JSON lines of the form C{{"event": "ready", ...}}
 instead, which the driver waits for.  In the end-to-end cases the driver
 copies each C{handled} event of the server to the client's standard input,
 which is how the client learns that a round has been handled.
+
+A client started with C{--paced} runs each round, warm-up included, only
+once the driver writes a line to its standard input, and prints
+C{{"event": "round", ...}} when the round is done.  The driver uses this to
+take turns between the clients of several systems, so that load from other
+processes on the machine falls on all of them alike.  The worker blocks on
+its standard input between rounds.  Nothing is in flight then, and the
+wait lasts one round of each other system, a few seconds here, well under
+the broker's default heartbeat interval of 60 seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -113,18 +122,27 @@ class RoundLog:
     The metrics of each measured round, by case; warm-up rounds are dropped.
     """
 
-    def __init__(self, warmup: int, rounds: int) -> None:
+    def __init__(self, warmup: int, rounds: int, *, paced: bool = False) -> None:
         self.warmup = warmup
         self.rounds = rounds
+        self.paced = paced
         self.cases: dict[str, list[dict[str, float]]] = {}
         self.queues: list[str] = []
         self.exchanges: list[str] = []
 
-    def indexes(self) -> range:
+    def indexes(self) -> Iterator[int]:
         """
-        Return the indexes of every round, warm-up rounds first.
+        Yield the indexes of every round, warm-up rounds first.  A paced
+        log yields each one once the driver has written a line to standard
+        input.
+
+        @raise RoundTimeout: Standard input closed before a paced round,
+            because the driver gave up on this worker.
         """
-        return range(self.warmup + self.rounds)
+        for index in range(self.warmup + self.rounds):
+            if self.paced and not sys.stdin.readline():
+                raise RoundTimeout(f"standard input closed before round {index + 1}")
+            yield index
 
     def record(self, case: str, index: int, metrics: dict[str, float]) -> None:
         """
@@ -136,6 +154,8 @@ class RoundLog:
         print(f"{case or 'run'}: {kind} {index + 1}: {formatted}", file=sys.stderr, flush=True)
         if index >= self.warmup:
             self.cases.setdefault(case, []).append(metrics)
+        if self.paced:
+            emit_event("round", case=case, index=index)
 
     def result(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -158,10 +178,15 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--time-limit", type=float, default=120.0, help="seconds after which the worker gives up"
     )
+    parser.add_argument(
+        "--paced",
+        action="store_true",
+        help="start each round on a line from standard input, and report its end as an event",
+    )
 
 
 def round_log(options: argparse.Namespace) -> RoundLog:
-    return RoundLog(options.warmup, options.rounds)
+    return RoundLog(options.warmup, options.rounds, paced=options.paced)
 
 
 def emit_result(result: dict[str, Any]) -> None:

@@ -396,45 +396,92 @@ class Runner:
         concurrency: tuple[int, ...],
     ) -> None:
         """
-        Run the server and then the client of each system in turn.  A system
-        that fails is reported, and the others still run.
+        Start the server and a paced client of each system, then run their
+        rounds in turns: round 1 of every system, then round 2, each turn
+        starting with the next system.  Load from other processes on this
+        shared machine then falls on every system alike, rather than on
+        whichever ran while it lasted.  A system that fails is reported,
+        and the others go on.
         """
+        clients: dict[str, tuple[RpcSystem, Worker]] = {}
         for system in self.systems:
-            service = self.service(kind, system.key)
-            declared = system.declared(service)
-            names.queues.update(declared.queues)
-            names.exchanges.update(declared.exchanges)
-            exchange = system.exchange(service)
-            extra = ["--exchange", exchange] if exchange is not None else []
             try:
-                server = self.pool.start(
-                    f"rpc-{kind}-{system.key}-server",
-                    system.python,
-                    system.server_module,
-                    ["--url", self.url, "--service", service, *extra],
-                    child_environment(pythonpath=system.pythonpath),
-                )
-                server.wait_event("ready", min(READY_TIMEOUT_SECONDS, deadline.remaining()))
-                client = self.pool.start(
-                    f"rpc-{kind}-{system.key}-client",
-                    system.python,
-                    system.client_module,
-                    [
-                        *self._round_arguments(service, count, deadline),
-                        "--concurrency",
-                        *map(str, concurrency),
-                        *extra,
-                    ],
-                    child_environment(pythonpath=system.pythonpath),
-                )
-                self._collect(outcome, names, system.label, client.result(deadline.remaining()))
+                clients[system.key] = (system, self._start_rpc_system(system, kind, count, concurrency, deadline, names))
             except (WorkerFailed, RoundTimeout, KeyError) as error:
                 outcome.errors.append(f"{system.label}: {error}")
-            finally:
-                self.pool.stop_all()
+        turns = len(concurrency) * (self.plan.warmup + self.plan.rounds)
+        for turn in range(turns):
+            order = list(clients)
+            if order:
+                shift = turn % len(order)
+                order = order[shift:] + order[:shift]
+            for key in order:
+                system, client = clients[key]
+                try:
+                    client.send({"turn": turn})
+                    client.wait_event("round", deadline.remaining())
+                except WorkerFailed as error:
+                    if client.process.poll() is not None:
+                        # Its exit status and log describe the failure better.
+                        try:
+                            client.result(1.0)
+                        except WorkerFailed as exited:
+                            error = exited
+                    outcome.errors.append(f"{system.label}: {error}")
+                    client.stop()
+                    del clients[key]
             if deadline.expired():
                 outcome.errors.append(f"the workload's time limit of {deadline.seconds:g} s ran out")
                 return
+        for system, client in clients.values():
+            try:
+                self._collect(outcome, names, system.label, client.result(deadline.remaining()))
+            except (WorkerFailed, KeyError) as error:
+                outcome.errors.append(f"{system.label}: {error}")
+
+    def _start_rpc_system(
+        self,
+        system: RpcSystem,
+        kind: str,
+        count: int,
+        concurrency: tuple[int, ...],
+        deadline: Deadline,
+        names: Names,
+    ) -> Worker:
+        """
+        Start the server of C{system}, wait until it is ready, and start its
+        paced client.
+
+        @return: The client, which waits for its first turn.
+        """
+        service = self.service(kind, system.key)
+        declared = system.declared(service)
+        names.queues.update(declared.queues)
+        names.exchanges.update(declared.exchanges)
+        exchange = system.exchange(service)
+        extra = ["--exchange", exchange] if exchange is not None else []
+        server = self.pool.start(
+            f"rpc-{kind}-{system.key}-server",
+            system.python,
+            system.server_module,
+            ["--url", self.url, "--service", service, *extra],
+            child_environment(pythonpath=system.pythonpath),
+        )
+        server.wait_event("ready", min(READY_TIMEOUT_SECONDS, deadline.remaining()))
+        return self.pool.start(
+            f"rpc-{kind}-{system.key}-client",
+            system.python,
+            system.client_module,
+            [
+                *self._round_arguments(service, count, deadline),
+                "--paced",
+                "--concurrency",
+                *map(str, concurrency),
+                *extra,
+            ],
+            child_environment(pythonpath=system.pythonpath),
+            stdin=True,
+        )
 
     def _blocking(self, deadline: Deadline, outcome: Outcome, names: Names) -> None:
         service = self.service("blocking", "txass")
