@@ -40,6 +40,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
+from txass._frames import (
+    DELIVER_IDS,
+    FRAME_END,
+    FRAME_KINDS,
+    FRAME_METHOD,
+    FRAME_PREFIX,
+    INCOMPLETE,
+    RawDelivery,
+    parse_delivery,
+)
+
 from txass.errors import (
     AuthenticationFailed,
     ChannelClosed,
@@ -566,6 +577,10 @@ class AMQPChannel:
         self._raw = channel._channel
         self.confirms = confirms
         self._close_callbacks: list[Callable[[Exception], object]] = []
+        # Set before on_closed can fire, since _on_closed reads them.
+        self._protocol: _PikaProtocol | None = protocol
+        # This channel's entries in the protocol's fast_consumers.
+        self._fast_keys: set[tuple[int, str | bytes]] = set()
         channel.on_closed.addBoth(self._on_closed)
         self.close_reason: Exception | None = None
         self._cancel_callbacks: dict[str, Callable[[], None]] = {}
@@ -575,17 +590,18 @@ class AMQPChannel:
         # multiple-ack frame for every run of them at the start of the
         # unsettled deliveries.  A frame per delivery costs as much as
         # the rest of serving a small request.
-        self._protocol: _PikaProtocol | None = protocol
         self._unsettled: deque[int] = deque()
         self._settled: set[int] = set()
         self._pending_acks: set[int] = set()
 
     def _on_cancelled_by_broker(self, frame: Any) -> None:
+        self._forget_fast(frame.method.consumer_tag)
         callback = self._cancel_callbacks.pop(frame.method.consumer_tag, None)
         if callback is not None:
             callback()
 
     def _on_closed(self, reason: Any) -> None:
+        self._forget_fast()
         if isinstance(reason, Failure):
             reason = reason.value
         if isinstance(reason, pika.exceptions.ChannelClosedByClient):
@@ -804,7 +820,42 @@ class AMQPChannel:
         tag = str(frame.method.consumer_tag)
         if on_cancelled is not None:
             self._cancel_callbacks[tag] = on_cancelled
+
+        def on_raw(raw: RawDelivery) -> bool:
+            # The same as on_message, from frames the protocol decoded.
+            if not self._raw.is_open:
+                return False
+            if not auto_ack:
+                self._unsettled.append(raw.delivery_tag)
+            on_delivery(
+                Delivery(
+                    body=raw.body,
+                    delivery_tag=raw.delivery_tag,
+                    redelivered=raw.redelivered,
+                    exchange=cast(str, raw.exchange),
+                    routing_key=cast(str, raw.routing_key),
+                    properties=MessageProperties(**raw.properties),
+                )
+            )
+            return True
+
+        if self._protocol is not None and self._channel.is_open:
+            key = (self._raw.channel_number, tag)
+            self._protocol.fast_consumers[key] = on_raw
+            self._fast_keys.add(key)
         return tag
+
+    def _forget_fast(self, consumer_tag: str | None = None) -> None:
+        """
+        Stop decoding the deliveries of one consumer, or of all of this
+        channel's, outside pika; pika then handles any that still arrive.
+        """
+        if self._protocol is None:
+            return
+        for key in list(self._fast_keys):
+            if consumer_tag is None or key[1] == consumer_tag:
+                self._fast_keys.discard(key)
+                self._protocol.fast_consumers.pop(key, None)
 
     async def cancel(self, consumer_tag: str) -> None:
         """
@@ -817,6 +868,8 @@ class AMQPChannel:
         done: defer.Deferred[None] = defer.Deferred()
 
         def finished(_: object) -> None:
+            # pika removes the consumer at cancel-ok too.
+            self._forget_fast(consumer_tag)
             if not done.called:
                 done.callback(None)
 
@@ -911,6 +964,9 @@ class AMQPChannel:
         # deliveries that were served.
         if self._pending_acks:
             self._send_acks()
+        # pika cancels the consumers as it closes the channel, and drops
+        # their later deliveries.
+        self._forget_fast()
         try:
             if self._channel.is_open:
                 self._channel.close()
@@ -979,8 +1035,18 @@ class _PikaProtocol(TwistedProtocolConnection):
     socket_transport: abstract.FileDescriptor | None = None
     send_buffer: _SendBuffer
 
+    # Received bytes not handled yet, which end inside a frame; None once
+    # the bytes turned out not to be AMQP frames, which pika then reports.
+    _received: bytearray | None = None
+    # The consumers whose deliveries are decoded here rather than by pika,
+    # by channel number and consumer tag.  Each returns whether it took the
+    # delivery; one that did not leaves it to pika.
+    fast_consumers: dict[tuple[int, str | bytes], Callable[[RawDelivery], bool]]
+
     def connectionMade(self) -> None:
         self.after_receiving = []
+        self._received = bytearray()
+        self.fast_consumers = {}
         # A message is several small AMQP frames, and an RPC caller waits
         # for the reply: with Nagle's algorithm on, the kernel can hold the
         # last frame back until the broker's delayed ACK, about 40 ms on
@@ -1013,7 +1079,7 @@ class _PikaProtocol(TwistedProtocolConnection):
         self.last_received = self._clock.seconds()
         self.receiving = True
         try:
-            super().dataReceived(data)
+            self._split_frames(data)
         finally:
             self.receiving = False
             waiting = getattr(self, "after_receiving", None)
@@ -1022,6 +1088,58 @@ class _PikaProtocol(TwistedProtocolConnection):
                 for send in waiting:
                     send()
             self._send_now()
+
+    def _split_frames(self, data: bytes) -> None:
+        """
+        Hand the deliveries of fast consumers to them, and every other frame
+        to pika, in the order received.
+
+        Only whole frames go to pika, so that its own buffer always ends at
+        a frame boundary and a delivery can be taken out between two of
+        its calls.
+        """
+        buffer = self._received
+        if buffer is None:
+            super().dataReceived(data)
+            return
+        buffer += data
+        end = len(buffer)
+        offset = 0
+        # The start of the frames still to hand to pika.
+        start = 0
+        while end - offset >= 8:
+            kind, channel, size = FRAME_PREFIX.unpack_from(buffer, offset)
+            frame_end = offset + 7 + size
+            if kind in FRAME_KINDS and frame_end >= end:
+                break
+            if kind not in FRAME_KINDS or buffer[frame_end] != FRAME_END:
+                # For example the protocol header of a broker that speaks
+                # another AMQP version: pika reads and reports it.
+                self._received = None
+                rest = bytes(buffer[start:])
+                buffer.clear()
+                super().dataReceived(rest)
+                return
+            if kind == FRAME_METHOD and self.fast_consumers and buffer[offset + 7 : offset + 11] == DELIVER_IDS:
+                delivery = parse_delivery(buffer, offset, channel, size)
+                if delivery is INCOMPLETE:
+                    break
+                if isinstance(delivery, RawDelivery):
+                    consumer = self.fast_consumers.get((channel, delivery.consumer_tag))
+                    if consumer is not None and self._impl.is_open:
+                        if start < offset:
+                            super().dataReceived(bytes(buffer[start:offset]))
+                        if consumer(delivery):
+                            # pika's heartbeat checker counts what it receives.
+                            self._impl.bytes_received += delivery.end - offset
+                            self._impl.frames_received += delivery.frames
+                            offset = start = delivery.end
+                            continue
+                        start = offset
+            offset = frame_end + 1
+        if start < offset:
+            super().dataReceived(bytes(buffer[start:offset]))
+        del buffer[:offset]
 
     def _send_now(self) -> None:
         """
