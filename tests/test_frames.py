@@ -12,7 +12,7 @@ from pika import frame, spec
 from twisted.trial import unittest
 
 from txass._connection import MessageProperties, _PikaProtocol
-from txass._frames import INCOMPLETE, RawDelivery, parse_delivery
+from txass._frames import INCOMPLETE, RawDelivery, encode_publish, parse_delivery
 
 CHANNEL = 3
 FRAME_MAX = 4096
@@ -328,3 +328,101 @@ class SplitFramesTests(unittest.TestCase):
         self.feed(b"more")
         self.assertEqual(self.pika_bytes(), header + b"more")
         self.assertIsNone(self.protocol._received)
+
+
+def pika_publish(
+    exchange: str, routing_key: str, mandatory: bool, properties: MessageProperties, body: bytes, body_max: int
+) -> bytes:
+    """
+    Encode a basic.publish as pika's connection does before writing it.
+    """
+    method = spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory)
+    frames = [
+        frame.Method(CHANNEL, method).marshal(),
+        frame.Header(CHANNEL, len(body), properties.to_pika()).marshal(),
+    ]
+    for start in range(0, len(body), body_max):
+        frames.append(frame.Body(CHANNEL, body[start : start + body_max]).marshal())
+    return b"".join(frames)
+
+
+class EncodePublishTests(unittest.TestCase):
+    def assert_same_as_pika(
+        self,
+        properties: MessageProperties,
+        body: bytes = b'{"r":1}',
+        *,
+        mandatory: bool = True,
+        body_max: int = FRAME_MAX - 8,
+    ) -> None:
+        encoded = encode_publish(CHANNEL, "", "txass-test.queue", mandatory, properties, body, body_max)
+        assert encoded is not None
+        data, frames = encoded
+        self.assertEqual(data, pika_publish("", "txass-test.queue", mandatory, properties, body, body_max))
+        self.assertEqual(frames, 2 + -(-len(body) // body_max))
+
+    def test_every_property(self) -> None:
+        """
+        When every property that txass sets is given, then the bytes are
+        pika's.
+        """
+        self.assert_same_as_pika(
+            MessageProperties(
+                content_type="application/json",
+                content_encoding="identity",
+                headers={"x-txass-attempts": 3, "nested": {"list": [1, "two"]}, "bytes": b"\x00\xff"},
+                delivery_mode=2,
+                correlation_id="correlation",
+                reply_to="amq.rabbitmq.reply-to.g1h2",
+                message_id="message",
+                type="echo",
+                timestamp=1_796_450_268,
+                app_id="txass",
+                expiration="30000",
+            )
+        )
+
+    def test_no_properties(self) -> None:
+        """
+        When no property is given, then the bytes are pika's.
+        """
+        self.assert_same_as_pika(MessageProperties())
+
+    def test_not_mandatory(self) -> None:
+        """
+        When the message is not mandatory, then the bytes are pika's.
+        """
+        self.assert_same_as_pika(MessageProperties(correlation_id="c"), mandatory=False)
+
+    def test_body_sizes(self) -> None:
+        """
+        When the body is empty, fills a frame exactly, or needs several,
+        then the bytes are pika's.
+        """
+        for size in (0, 1, 99, 100, 101, 350):
+            with self.subTest(size=size):
+                self.assert_same_as_pika(MessageProperties(type="echo"), bytes(size), body_max=100)
+
+    def test_text_beyond_ascii(self) -> None:
+        """
+        When a short string has characters beyond ASCII, then it is encoded
+        as UTF-8, as pika does.
+        """
+        self.assert_same_as_pika(MessageProperties(message_id="caf\xe9-\u65e5\u672c"))
+
+    def test_left_to_pika(self) -> None:
+        """
+        When a value is one pika would reject or convert, then nothing is
+        encoded, so that pika handles it.
+        """
+        cases = [
+            MessageProperties(message_id="x" * 256),
+            MessageProperties(delivery_mode=256),
+            MessageProperties(timestamp=-1),
+            MessageProperties(correlation_id=7),  # type: ignore[arg-type]
+            MessageProperties(headers={"x" * 256: 1}),
+        ]
+        for properties in cases:
+            with self.subTest(properties=properties):
+                self.assertIsNone(encode_publish(CHANNEL, "", "q", True, properties, b"", 100))
+        self.assertIsNone(encode_publish(CHANNEL, "", "q" * 256, True, MessageProperties(), b"", 100))

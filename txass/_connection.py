@@ -48,6 +48,7 @@ from txass._frames import (
     FRAME_PREFIX,
     INCOMPLETE,
     RawDelivery,
+    encode_publish,
     parse_delivery,
 )
 
@@ -749,6 +750,22 @@ class AMQPChannel:
             raise MessageTooLarge(len(body), MAX_MESSAGE_SIZE)
         if self.close_reason is not None:
             raise self.close_reason
+        protocol = self._protocol
+        if protocol is not None and self._raw.is_open and protocol.transport is not None:
+            # Encoded here rather than by pika, which builds frame, method
+            # and property objects for each message; the bytes are the same.
+            body_max = protocol.body_max
+            if body_max:
+                encoded = encode_publish(
+                    self._raw.channel_number, exchange, routing_key, mandatory, properties, body, body_max
+                )
+                if encoded is not None:
+                    data, frames = encoded
+                    connection = protocol._impl
+                    connection.bytes_sent += len(data)
+                    connection.frames_sent += frames
+                    protocol.transport.write(data)
+                    return
         try:
             self._raw.basic_publish(exchange, routing_key, body, properties.to_pika(), mandatory)
         except Exception as e:
@@ -1042,6 +1059,15 @@ class _PikaProtocol(TwistedProtocolConnection):
     # by channel number and consumer tag.  Each returns whether it took the
     # delivery; one that did not leaves it to pika.
     fast_consumers: dict[tuple[int, str | bytes], Callable[[RawDelivery], bool]]
+
+    @property
+    def body_max(self) -> int:
+        """
+        The largest body frame payload the connection negotiated, or 0
+        before the negotiation.
+        """
+        frame_max = self._impl.params.frame_max if self._impl.is_open else 0
+        return max(int(frame_max) - 8, 0)
 
     def connectionMade(self) -> None:
         self.after_receiving = []

@@ -1,5 +1,6 @@
 """
-Decoding of the AMQP frames of a delivery, without pika.
+Decoding of the AMQP frames of a delivery, and encoding of those of a
+publish, without pika.
 
 A delivery is a C{basic.deliver} method frame, a content header frame and,
 unless the body is empty, body frames.  pika decodes each frame through
@@ -12,6 +13,9 @@ C{_PikaProtocol} in L{txass._connection}).
 
 The values decoded here are those pika would give: short strings that are
 not UTF-8 stay bytes, and header tables are decoded by pika's own function.
+Publishes on channels without confirms are encoded here too, to the same
+bytes pika writes, since pika's encoder builds the same objects on the way
+out.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from pika import data as pika_data
+from pika.exceptions import AMQPError
 
 # Frame types and the byte that ends each frame (AMQP 0-9-1, 4.2.3).
 FRAME_METHOD: Final = 1
@@ -227,3 +232,113 @@ def parse_delivery(buffer: bytearray, offset: int, channel: int, size: int) -> R
         end=position,
         frames=frames,
     )
+
+
+# The start of a basic.publish method frame's payload: class 60, method
+# 40, and a ticket of 0.
+_PUBLISH_IDS: Final = b"\x00\x3c\x00\x28\x00\x00"
+_HEADER_FIELDS: Final = struct.Struct(">HHQH")
+_SHORT_STRING_MAX: Final = 255
+
+# The properties encode_publish writes, with their flags, in the order of
+# their fields.  Every other basic property is left out.
+_STRING: Final = "s"
+_ENCODED_FIELDS: Final = (
+    ("content_type", _CONTENT_TYPE, _STRING),
+    ("content_encoding", _CONTENT_ENCODING, _STRING),
+    ("headers", _HEADERS, "table"),
+    ("delivery_mode", _DELIVERY_MODE, "octet"),
+    ("correlation_id", _CORRELATION_ID, _STRING),
+    ("reply_to", _REPLY_TO, _STRING),
+    ("expiration", _EXPIRATION, _STRING),
+    ("message_id", _MESSAGE_ID, _STRING),
+    ("timestamp", _TIMESTAMP_FLAG, "timestamp"),
+    ("type", _TYPE, _STRING),
+    ("app_id", _APP_ID, _STRING),
+)
+
+
+def _append_short_string(pieces: list[bytes], value: object) -> bool:
+    """
+    Append C{value} as an AMQP short string.
+
+    @return: Whether it could be: text or bytes of at most 255 bytes.
+    """
+    if isinstance(value, str):
+        encoded = value.encode("utf-8")
+    elif isinstance(value, bytes):
+        encoded = value
+    else:
+        return False
+    if len(encoded) > _SHORT_STRING_MAX:
+        return False
+    pieces.append(bytes((len(encoded),)))
+    pieces.append(encoded)
+    return True
+
+
+def encode_publish(
+    channel: int,
+    exchange: str,
+    routing_key: str,
+    mandatory: bool,
+    properties: Any,
+    body: bytes,
+    body_max: int,
+) -> tuple[bytes, int] | None:
+    """
+    Encode the frames of a C{basic.publish} as pika would: the method
+    frame, the content header and the body in frames of at most
+    C{body_max} bytes.
+
+    @param properties: An object with the attributes of C{MessageProperties}.
+    @return: The frames as one byte string and their number, or L{None}
+        when a value is not one pika would encode as is (a short string
+        over 255 bytes, a value of another type), so that pika encodes it
+        and reports the error.
+    """
+    pieces = [_PUBLISH_IDS]
+    if not (_append_short_string(pieces, exchange) and _append_short_string(pieces, routing_key)):
+        return None
+    pieces.append(b"\x01" if mandatory else b"\x00")
+    method = b"".join(pieces)
+
+    flags = 0
+    pieces = []
+    for name, flag, kind in _ENCODED_FIELDS:
+        value = getattr(properties, name)
+        if value is None:
+            continue
+        flags |= flag
+        if kind == _STRING:
+            if not _append_short_string(pieces, value):
+                return None
+        elif kind == "octet":
+            if not isinstance(value, int) or not 0 <= value <= 255:
+                return None
+            pieces.append(bytes((value,)))
+        elif kind == "timestamp":
+            if not isinstance(value, int) or not 0 <= value < 1 << 64:
+                return None
+            pieces.append(_TIMESTAMP.pack(value))
+        else:
+            try:
+                pika_data.encode_table(pieces, value)
+            except (AMQPError, TypeError, ValueError, OverflowError, struct.error):
+                return None
+    header = _HEADER_FIELDS.pack(BASIC_CLASS, 0, len(body), flags) + b"".join(pieces)
+
+    frames = [
+        FRAME_PREFIX.pack(FRAME_METHOD, channel, len(method)),
+        method,
+        b"\xce",
+        FRAME_PREFIX.pack(FRAME_HEADER, channel, len(header)),
+        header,
+        b"\xce",
+    ]
+    count = 2
+    for start in range(0, len(body), body_max):
+        part = body[start : start + body_max]
+        frames += [FRAME_PREFIX.pack(FRAME_BODY, channel, len(part)), part, b"\xce"]
+        count += 1
+    return b"".join(frames), count
