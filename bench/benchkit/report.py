@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from benchkit.workloads import Measurement, Outcome
+from benchkit.workloads import FLOOR_SYSTEM, Measurement, Outcome
 
 # The label and number format of each metric a worker reports.
 METRICS: dict[str, tuple[str, str]] = {
@@ -197,8 +197,12 @@ def targets(outcomes: dict[str, Outcome]) -> list[Target]:
 
 def _cast_target(outcomes: dict[str, Outcome]) -> Target:
     # The engine floor reports consume_per_s only in its consume-only case,
-    # and requests_per_s only in its end-to-end case.
-    floor = _median_of_metric(outcomes, "engine-floor", "pika Twisted adapter", "consume_per_s")
+    # and requests_per_s only in its end-to-end case.  The floor measured in
+    # turns with the casts comes first, and the engine-floor workload's is
+    # used when that one failed.
+    floor = _median_of_metric(outcomes, "cast", FLOOR_SYSTEM, "consume_per_s")
+    if floor is None:
+        floor = _median_of_metric(outcomes, "engine-floor", FLOOR_SYSTEM, "consume_per_s")
     cast = _median_of_metric(outcomes, "cast", "txass", "requests_per_s")
     goal = f"cast end to end >= {CAST_FLOOR_RATIO} x engine-floor consume rate"
     return _ratio_target(goal, cast, floor, CAST_FLOOR_RATIO, "msg/s")
@@ -221,7 +225,7 @@ def context(outcomes: dict[str, Outcome]) -> list[Context]:
     same end to end, both with publisher and consumer in separate processes.
     """
     cast = _median_of_metric(outcomes, "cast", "txass", "requests_per_s")
-    floor = _median_of_metric(outcomes, "engine-floor", "pika Twisted adapter", "requests_per_s")
+    floor = _median_of_metric(outcomes, "engine-floor", FLOOR_SYSTEM, "requests_per_s")
     label = "cast end to end / engine floor end to end"
     if cast is None or floor is None or floor == 0:
         return [Context(label, "-")]

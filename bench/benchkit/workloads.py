@@ -32,6 +32,9 @@ READY_TIMEOUT_SECONDS = 60.0
 # before the round fails.
 STALL_TIMEOUT_SECONDS = 15.0
 
+# The name under which the engine floor's measurements are reported.
+FLOOR_SYSTEM = "pika Twisted adapter"
+
 # The suffix of the case names whose publisher and consumer run at once in
 # separate processes.
 END_TO_END = "end to end"
@@ -334,7 +337,7 @@ class Runner:
         arguments = self._round_arguments(service, count, deadline)
         worker = self._start_txass("engine-floor", "cases.engine_floor", arguments)
         result = worker.result(deadline.remaining())
-        self._collect(outcome, names, "pika Twisted adapter", result, f"{count:,} messages")
+        self._collect(outcome, names, FLOOR_SYSTEM, result, f"{count:,} messages")
 
         service = self.service("floor-end-to-end", "pika")
         names.queues.add(service)
@@ -352,16 +355,28 @@ class Runner:
         )
         self._relay_reports(consumer, publisher, deadline)
         result = publisher.result(deadline.remaining())
-        self._collect(outcome, names, "pika Twisted adapter", result, f"{count:,} messages, {END_TO_END}")
+        self._collect(outcome, names, FLOOR_SYSTEM, result, f"{count:,} messages, {END_TO_END}")
 
     def _cast(self, deadline: Deadline, outcome: Outcome, names: Names) -> None:
         """
         Run a txass server in a process of its own, and cast to it from
-        another.
+        another.  The engine floor's consume case runs beside it, paced:
+        a floor round, then a cast round, each turn starting with the other
+        one.  The cast target divides by this floor, measured in the same
+        minutes, rather than by the engine-floor workload's, which ran
+        earlier and under other load from the rest of the machine.
         """
         count = self.plan.cast_count
         service = self.service("cast", "txass")
         names.update(txass_names(service))
+        floor_service = self.service("cast-floor", "pika")
+        names.queues.add(floor_service)
+        floor: Worker | None = self._start_txass(
+            "cast-floor",
+            "cases.engine_floor",
+            [*self._round_arguments(floor_service, self.plan.floor_count, deadline), "--paced"],
+            stdin=True,
+        )
         server = self._start_txass(
             "cast-server",
             "cases.txass_server",
@@ -374,11 +389,50 @@ class Runner:
         )  # fmt: skip
         server.wait_event("ready", min(READY_TIMEOUT_SECONDS, deadline.remaining()))
         client = self._start_txass(
-            "cast-client", "cases.txass_cast", self._round_arguments(service, count, deadline), stdin=True
+            "cast-client",
+            "cases.txass_cast",
+            [*self._round_arguments(service, count, deadline), "--paced"],
+            stdin=True,
         )
-        self._relay_reports(server, client, deadline)
+
+        def floor_turn(turn: int) -> None:
+            nonlocal floor
+            if floor is None:
+                return
+            try:
+                floor.send({"turn": turn})
+                floor.wait_event("round", deadline.remaining())
+            except WorkerFailed as error:
+                # The casts go on without their baseline; the target then
+                # uses the engine-floor workload's.
+                outcome.errors.append(f"engine floor beside the casts: {error}")
+                floor.stop()
+                floor = None
+
+        def cast_turn(turn: int) -> None:
+            client.send({"turn": turn})
+            try:
+                report = server.wait_event("handled", deadline.remaining(), idle_timeout=STALL_TIMEOUT_SECONDS)
+            except WorkerFailed:
+                if client.process.poll() is not None:
+                    client.result(deadline.remaining())
+                raise
+            client.send(report)
+            client.wait_event("round", deadline.remaining())
+
+        for turn in range(self.plan.warmup + self.plan.rounds):
+            steps = (floor_turn, cast_turn) if turn % 2 == 0 else (cast_turn, floor_turn)
+            for step in steps:
+                step(turn)
         result = client.result(deadline.remaining())
         self._collect(outcome, names, "txass", result, f"{count:,} casts, {END_TO_END}")
+        if floor is not None:
+            try:
+                result = floor.result(deadline.remaining())
+            except WorkerFailed as error:
+                outcome.errors.append(f"engine floor beside the casts: {error}")
+            else:
+                self._collect(outcome, names, FLOOR_SYSTEM, result, f"{self.plan.floor_count:,} messages, in turns")
 
     def _rpc_sequential(self, deadline: Deadline, outcome: Outcome, names: Names) -> None:
         self._rpc(deadline, outcome, names, "sequential", self.plan.sequential_count, (1,))

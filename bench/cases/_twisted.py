@@ -82,6 +82,27 @@ class ServerReports:
             self._reactor.callFromThread(self._lines.put, line)
         self._reactor.callFromThread(self._lines.put, None)
 
+    async def _next(self, what: str, timeout: float) -> dict[str, Any]:
+        """
+        Return the next JSON line of standard input.
+
+        @raise RoundTimeout: No line came within C{timeout} seconds.
+        @raise RuntimeError: Standard input ended first.
+        """
+        waiting = self._lines.get()
+        timer = self._reactor.callLater(timeout, waiting.cancel)
+        try:
+            line = await waiting
+        except defer.CancelledError:
+            raise RoundTimeout(f"{what} did not come within {timeout:.1f} s") from None
+        finally:
+            if timer.active():
+                timer.cancel()
+        if line is None:
+            raise RuntimeError(f"standard input ended before {what}")
+        message: dict[str, Any] = json.loads(line)
+        return message
+
     async def handled_at(self, expected: int, timeout: float) -> float:
         """
         Wait for the report that the server has handled C{expected} requests
@@ -91,23 +112,22 @@ class ServerReports:
         @raise RuntimeError: Standard input ended, or the report counts
             another number of requests.
         """
-        waiting = self._lines.get()
-        timer = self._reactor.callLater(timeout, waiting.cancel)
-        try:
-            line = await waiting
-        except defer.CancelledError:
-            raise RoundTimeout(
-                f"the server did not report {expected} requests handled within {timeout:.1f} s"
-            ) from None
-        finally:
-            if timer.active():
-                timer.cancel()
-        if line is None:
-            raise RuntimeError(f"standard input ended before the report of {expected} requests handled")
-        report = json.loads(line)
+        report = await self._next(f"the report of {expected} requests handled", timeout)
         if report.get("handled") != expected:
             raise RuntimeError(f"expected a report of {expected} requests handled, received {report}")
         return float(report["at"])
+
+    async def turn(self, index: int, timeout: float) -> None:
+        """
+        Wait for the driver's line that starts round C{index} of a paced
+        worker.
+
+        @raise RoundTimeout: No line came within C{timeout} seconds.
+        @raise RuntimeError: Standard input ended, or the line is not a turn.
+        """
+        message = await self._next(f"the turn of round {index + 1}", timeout)
+        if "turn" not in message:
+            raise RuntimeError(f"expected the turn of round {index + 1}, received {message}")
 
 
 async def end_to_end_rounds(
@@ -122,9 +142,15 @@ async def end_to_end_rounds(
     publish to the server's time of handling the last message, and
     C{confirmed_per_s}, to the last confirm.  The next round starts once
     the server has reported, so rounds do not overlap.
+
+    A paced log takes its turns from the same standard input as the
+    reports, so the rounds are counted here rather than by
+    L{RoundLog.indexes}, which would read standard input itself.
     """
     reports = ServerReports(reactor)
-    for index in log.indexes():
+    for index in range(log.warmup + log.rounds):
+        if log.paced:
+            await reports.turn(index, deadline.remaining())
         started = shared_clock()
         await publish()
         confirmed = shared_clock()
