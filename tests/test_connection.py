@@ -381,7 +381,8 @@ class SendNowTests(unittest.TestCase):
 
         original = protocol._impl.data_received
         self.patch(protocol._impl, "data_received", lambda data: (original(data), write_during_receive(data)))
-        protocol.dataReceived(b"")
+        # A heartbeat frame, which pika handles without a reply.
+        protocol.dataReceived(b"\x08\x00\x00\x00\x00\x00\x00\xce")
         self.assertEqual(sent, [True])
         self.assertNotIn(socket_transport, reactor.getWriters())
 

@@ -11,7 +11,7 @@ from typing import Any
 from pika import frame, spec
 from twisted.trial import unittest
 
-from txass._connection import MessageProperties, _PikaProtocol
+from txass._connection import FastConsumer, MessageProperties, _PikaProtocol
 from txass._frames import INCOMPLETE, RawDelivery, encode_publish, parse_delivery
 
 CHANNEL = 3
@@ -237,18 +237,20 @@ def make_protocol(events: list[tuple[str, Any]]) -> _PikaProtocol:
     return protocol
 
 
+class FakeChannel:
+    is_open = True
+
+
 class SplitFramesTests(unittest.TestCase):
     def setUp(self) -> None:
         self.events: list[tuple[str, Any]] = []
         self.protocol = make_protocol(self.events)
-        self.consumer_accepts = True
+        self.channel = FakeChannel()
 
-        def consumer(delivery: RawDelivery) -> bool:
-            if self.consumer_accepts:
-                self.events.append(("fast", delivery.delivery_tag))
-            return self.consumer_accepts
+        def deliver(delivery: RawDelivery) -> None:
+            self.events.append(("fast", delivery.delivery_tag))
 
-        self.protocol.fast_consumers[(CHANNEL, "ctag1.abc")] = consumer
+        self.protocol.fast_consumers[(CHANNEL, "ctag1.abc")] = FastConsumer(self.channel, deliver)
 
     def feed(self, data: bytes, chunk: int | None = None) -> None:
         if chunk is None:
@@ -299,12 +301,12 @@ class SplitFramesTests(unittest.TestCase):
         self.assertEqual(self.protocol._impl.bytes_received, len(data))
         self.assertEqual(self.protocol._impl.frames_received, 5)
 
-    def test_declined_goes_to_pika(self) -> None:
+    def test_closing_channel_goes_to_pika(self) -> None:
         """
-        When the consumer declines a delivery, as on a channel that is
-        closing, then pika receives its frames.
+        When the consumer's channel is no longer open, as while it closes,
+        then pika receives the delivery's frames.
         """
-        self.consumer_accepts = False
+        self.channel.is_open = False
         data = deliver_frames()
         self.feed(data)
         self.assertEqual(self.events, [("pika", data)])
@@ -317,6 +319,30 @@ class SplitFramesTests(unittest.TestCase):
         data = deliver_frames()
         self.feed(data)
         self.assertEqual(self.events, [("pika", data)])
+
+    def test_receiving_again_while_handing_on(self) -> None:
+        """
+        When code run by pika or by the consumer makes the protocol handle
+        received data again, then no frame is handed on twice.
+        """
+        ack = method_frame(spec.Basic.Ack(delivery_tag=1))
+        connection = self.protocol._impl
+        original = connection.data_received
+
+        def reenter(data: bytes) -> None:
+            original(data)
+            self.protocol._split_frames(b"")
+
+        connection.data_received = reenter
+
+        def deliver(delivery: RawDelivery) -> None:
+            self.events.append(("fast", delivery.delivery_tag))
+            self.protocol._split_frames(b"")
+
+        self.protocol.fast_consumers[(CHANNEL, "ctag1.abc")] = FastConsumer(self.channel, deliver)
+        self.feed(ack + deliver_frames(delivery_tag=1) + ack + deliver_frames(delivery_tag=2) + ack)
+
+        self.assertEqual(self.events, [("pika", ack), ("fast", 1), ("pika", ack), ("fast", 2), ("pika", ack)])
 
     def test_protocol_header_goes_to_pika(self) -> None:
         """
