@@ -301,13 +301,21 @@ class Runner:
             client has exited, its own failure is raised.
         """
         for _ in range(self.plan.warmup + self.plan.rounds):
-            try:
-                report = server.wait_event("handled", deadline.remaining(), idle_timeout=STALL_TIMEOUT_SECONDS)
-            except WorkerFailed:
-                if client.process.poll() is not None:
-                    client.result(deadline.remaining())
-                raise
-            client.send(report)
+            self._relay_report(server, client, deadline)
+
+    @staticmethod
+    def _relay_report(server: Worker, client: Worker, deadline: Deadline) -> None:
+        """
+        Copy the next C{handled} event of C{server} to C{client}; see
+        L{_relay_reports}.
+        """
+        try:
+            report = server.wait_event("handled", deadline.remaining(), idle_timeout=STALL_TIMEOUT_SECONDS)
+        except WorkerFailed:
+            if client.process.poll() is not None:
+                client.result(deadline.remaining())
+            raise
+        client.send(report)
 
     @staticmethod
     def _collect(outcome: Outcome, names: Names, system: str, result: dict[str, Any], default_case: str = "") -> None:
@@ -411,13 +419,7 @@ class Runner:
 
         def cast_turn(turn: int) -> None:
             client.send({"turn": turn})
-            try:
-                report = server.wait_event("handled", deadline.remaining(), idle_timeout=STALL_TIMEOUT_SECONDS)
-            except WorkerFailed:
-                if client.process.poll() is not None:
-                    client.result(deadline.remaining())
-                raise
-            client.send(report)
+            self._relay_report(server, client, deadline)
             client.wait_event("round", deadline.remaining())
 
         for turn in range(self.plan.warmup + self.plan.rounds):
