@@ -277,19 +277,34 @@ class SplitFramesTests(unittest.TestCase):
 
     def test_every_chunk_size(self) -> None:
         """
-        When the same bytes arrive in chunks of any size, then the same
-        deliveries reach the consumer and the same bytes reach pika.
+        When the same bytes arrive in chunks of any size, then every frame
+        reaches pika or the consumer once, in order: a delivery that
+        arrived whole goes to the consumer, and one split between chunks to
+        pika.
         """
         ack = method_frame(spec.Basic.Ack(delivery_tag=1))
-        stream = ack + deliver_frames(b"y" * 300, delivery_tag=1, body_frame_size=100) + ack + deliver_frames(delivery_tag=2)
-        for chunk in range(1, 60):
+        deliveries = {1: deliver_frames(b"y" * 300, delivery_tag=1, body_frame_size=100), 2: deliver_frames(delivery_tag=2)}
+        stream = ack + deliveries[1] + ack + deliveries[2]
+        for chunk in [*range(1, 60), len(stream)]:
             with self.subTest(chunk=chunk):
                 del self.events[:]
                 self.protocol._received = bytearray()
                 self.feed(stream, chunk)
-                self.assertEqual([event for event in self.events if event[0] == "fast"], [("fast", 1), ("fast", 2)])
-                self.assertEqual(self.pika_bytes(), ack + ack)
+                handed_on = b"".join(data if kind == "pika" else deliveries[data] for kind, data in self.events)
+                self.assertEqual(handed_on, stream)
                 self.assertEqual(self.protocol._received, bytearray())
+        self.assertEqual([event for event in self.events if event[0] == "fast"], [("fast", 1), ("fast", 2)])
+
+    def test_split_delivery_goes_to_pika(self) -> None:
+        """
+        When a delivery's method frame has arrived but not the rest, then
+        pika receives what has arrived, and the rest when it comes.
+        """
+        data = deliver_frames(b"z" * 30, body_frame_size=10)
+        method_end = data.index(b"\xce") + 1
+        self.feed(data[: method_end + 3])
+        self.feed(data[method_end + 3 :])
+        self.assertEqual(self.events, [("pika", data[:method_end]), ("pika", data[method_end:])])
 
     def test_counted_for_heartbeats(self) -> None:
         """

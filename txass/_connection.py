@@ -46,7 +46,6 @@ from txass._frames import (
     FRAME_KINDS,
     FRAME_METHOD,
     FRAME_PREFIX,
-    INCOMPLETE,
     RawDelivery,
     encode_publish,
     parse_delivery,
@@ -1207,9 +1206,11 @@ class _PikaProtocol(TwistedProtocolConnection):
                 super().dataReceived(rest)
                 return
             if kind == FRAME_METHOD and self.fast_consumers and buffer[offset + 7 : offset + 11] == DELIVER_IDS:
+                # A delivery that has not arrived whole goes to pika, which
+                # takes frames one at a time: waiting for the rest here
+                # would scan a large body again at each chunk, and hide its
+                # bytes from pika's heartbeat checker until the end.
                 delivery = parse_delivery(buffer, offset, channel, size)
-                if delivery is INCOMPLETE:
-                    break
                 if isinstance(delivery, RawDelivery):
                     consumer = self.fast_consumers.get((channel, delivery.consumer_tag))
                     if consumer is not None and consumer.is_open and self._impl.is_open:

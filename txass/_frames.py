@@ -198,6 +198,9 @@ def parse_delivery(buffer: bytearray, offset: int, channel: int, size: int) -> R
         if properties is None:
             return None
         body_size = _HEADER_START.unpack_from(header, 0)[2]
+        if end - (header_end + 1) < body_size:
+            # Checked first, so that a large body is not copied in part.
+            return INCOMPLETE
 
         frames = 2
         position = header_end + 1
