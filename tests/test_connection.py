@@ -457,3 +457,22 @@ class SendBufferTests(unittest.TestCase):
         writer.transport.loseConnection()
         holding.transport.resumeProducing()
         await within(writer.lost)
+
+
+class PublishTests(unittest.TestCase):
+    async def test_unencodable_fails_deferred(self) -> None:
+        """
+        When a property cannot be encoded, then publish on a confirm channel
+        returns a failed Deferred rather than raising, and the channel stays
+        open.
+        """
+        broker = await connect(self)
+        channel = await broker._connection.channel(confirms=True)
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(channel.close()))
+        queue = unique_name("unencodable")
+        for properties in [MessageProperties(correlation_id="\udcff"), MessageProperties(headers={1: "x"})]:
+            with self.subTest(properties=properties):
+                published = channel.publish("", queue, b"{}", properties)
+                self.assertIsInstance(published, defer.Deferred)
+                self.failureResultOf(published)
+        self.assertTrue(channel.is_open)

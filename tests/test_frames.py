@@ -462,6 +462,8 @@ class EncodePublishTests(unittest.TestCase):
             MessageProperties(timestamp=-1),
             MessageProperties(correlation_id=7),  # type: ignore[arg-type]
             MessageProperties(headers={"x" * 256: 1}),
+            MessageProperties(correlation_id="\udcff"),
+            MessageProperties(headers={1: "x"}),  # type: ignore[dict-item]
         ]
         for properties in cases:
             with self.subTest(properties=properties):

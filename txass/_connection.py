@@ -730,7 +730,10 @@ class AMQPChannel:
         """
         if len(body) > MAX_MESSAGE_SIZE:
             return defer.fail(MessageTooLarge(len(body), MAX_MESSAGE_SIZE))
-        encoded = self._publish_encoded(exchange, routing_key, body, properties, mandatory)
+        try:
+            encoded = self._publish_encoded(exchange, routing_key, body, properties, mandatory)
+        except Exception:
+            return defer.fail(_translate(Failure()))
         if encoded is not None:
             return encoded.addCallbacks(lambda _: None, _translate)
         try:

@@ -268,7 +268,11 @@ def _append_short_string(pieces: list[bytes], value: object) -> bool:
     @return: Whether it could be: text or bytes of at most 255 bytes.
     """
     if isinstance(value, str):
-        encoded = value.encode("utf-8")
+        try:
+            encoded = value.encode("utf-8")
+        except UnicodeEncodeError:
+            # Lone surrogates: pika raises the error itself.
+            return False
     elif isinstance(value, bytes):
         encoded = value
     else:
@@ -327,7 +331,7 @@ def encode_publish(
         else:
             try:
                 pika_data.encode_table(pieces, value)
-            except (AMQPError, TypeError, ValueError, OverflowError, struct.error):
+            except (AMQPError, AttributeError, TypeError, ValueError, OverflowError, struct.error):
                 return None
     header = _HEADER_FIELDS.pack(BASIC_CLASS, 0, len(body), flags) + b"".join(pieces)
 
