@@ -598,6 +598,12 @@ class AMQPChannel:
         self._protocol: _PikaProtocol | None = protocol
         # This channel's entries in the protocol's fast_consumers.
         self._fast_keys: set[tuple[int, str | bytes]] = set()
+        # On a confirm channel: the publish numbers of the unconfirmed
+        # messages by message id, the numbers of those the broker returned,
+        # and of those whose id a return could not tell apart.
+        self._unconfirmed_ids: dict[Any, list[int]] = {}
+        self._returned: set[int] = set()
+        self._ambiguous: set[int] = set()
         channel.on_closed.addBoth(self._on_closed)
         self.close_reason: Exception | None = None
         self._cancel_callbacks: dict[str, Callable[[], None]] = {}
@@ -707,6 +713,18 @@ class AMQPChannel:
     async def enable_confirms(self) -> None:
         await self._call(lambda: self._channel.confirm_delivery())
         self.confirms = True
+        self._raw.add_on_return_callback(self._on_confirm_return)
+
+    def _on_confirm_return(self, _channel: Any, _method: Any, properties: Any, _body: bytes) -> None:
+        # The broker returns a message before it acknowledges it, and the
+        # return carries no publish number: the message id finds it.
+        numbers = self._unconfirmed_ids.get(properties.message_id)
+        if not numbers:
+            return
+        if len(numbers) == 1:
+            self._returned.add(numbers[0])
+        else:
+            self._ambiguous.update(numbers)
 
     def publish(
         self,
@@ -735,7 +753,12 @@ class AMQPChannel:
         except Exception:
             return defer.fail(_translate(Failure()))
         if encoded is not None:
-            return encoded.addCallbacks(lambda _: None, _translate)
+            confirm, number = encoded
+            message_id = properties.message_id
+            if message_id is not None:
+                self._unconfirmed_ids.setdefault(message_id, []).append(number)
+            confirm.addBoth(self._check_return, number, message_id, exchange, routing_key)
+            return confirm.addCallbacks(lambda _: None, _translate)
         try:
             d = self._channel.basic_publish(
                 exchange=exchange,
@@ -810,13 +833,13 @@ class AMQPChannel:
 
     def _publish_encoded(
         self, exchange: str, routing_key: str, body: bytes, properties: MessageProperties, mandatory: bool
-    ) -> defer.Deferred[Any] | None:
+    ) -> tuple[defer.Deferred[Any], int] | None:
         """
         Publish through L{_write_encoded} and wait for the confirm as
         pika's Twisted channel does.
 
-        @return: pika's Deferred of the confirm, or L{None} when the message
-            is left to pika.
+        @return: pika's Deferred of the confirm and the publish's number on
+            the channel, or L{None} when the message is left to pika.
         """
         # NOTE: a confirm waits in the private table of pika's Twisted
         # channel (pika 1.3 and 1.4), under the number of the publish on the
@@ -835,7 +858,42 @@ class AMQPChannel:
         channel._delivery_message_id = number
         confirm: defer.Deferred[Any] = defer.Deferred()
         deliveries[number] = confirm
-        return confirm
+        return confirm, number
+
+    def _check_return(
+        self, result: Any, number: int, message_id: Any, exchange: str, routing_key: str
+    ) -> Any:
+        """
+        Correct pika's verdict on a confirmed publish by the returns matched
+        to it.
+
+        pika keeps one returned message per channel and blames it on the
+        next publish it confirms, which is another one when an
+        acknowledgement covers several.  So a publish is judged by the
+        returns of its message id instead.  A publish without an id, or
+        whose id another unconfirmed publish shared when a return of it
+        came, keeps pika's verdict.
+        """
+        returned = number in self._returned
+        self._returned.discard(number)
+        ambiguous = number in self._ambiguous
+        self._ambiguous.discard(number)
+        if message_id is None:
+            return result
+        numbers = self._unconfirmed_ids.get(message_id, [])
+        if number in numbers:
+            numbers.remove(number)
+        if not numbers:
+            self._unconfirmed_ids.pop(message_id, None)
+        if ambiguous:
+            return result
+        if isinstance(result, Failure):
+            if result.check(pika.exceptions.UnroutableError) and not returned:
+                return None
+            return result
+        if returned:
+            return Failure(UnroutableMessage(exchange, routing_key))
+        return result
 
     def on_returned(self, callback: Callable[[MessageProperties], object]) -> None:
         """
