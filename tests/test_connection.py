@@ -511,3 +511,56 @@ class PublishTests(unittest.TestCase):
         self.assertEqual({outcomes[number] for number in returned}, {"UnroutableMessage"})
         self.assertEqual([outcomes[number] for number in routed[:10]], ["ok"] * 10)
         self.assertEqual({outcomes[number] for number in routed[10:]}, {"PublishFailed"})
+
+
+class FrameCodecBrokerTests(unittest.TestCase):
+    async def test_round_trip_through_broker(self) -> None:
+        """
+        When messages published with txass's encoder go through the broker
+        to a consumer that txass's decoder serves, then each arrives with
+        its body and properties, including bodies over several frames.
+        """
+        broker = await connect(self, f"{BROKER_URL}?frame_max=4096")
+        connection = broker._connection
+        protocol = connection._protocol
+        queue = unique_name("codec")
+        remove_after(self, queue)
+        consumer = await connection.channel()
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(consumer.close()))
+        await consumer.declare_queue(queue)
+        received: list[Any] = []
+        arrived: defer.Deferred[None] = defer.Deferred()
+        bodies = [b"", b"{}", bytes(range(256)) * 16, b"\xce" * 20_000]
+
+        def on_delivery(delivery: Any) -> None:
+            received.append(delivery)
+            consumer.ack(delivery.delivery_tag)
+            if len(received) == len(bodies):
+                arrived.callback(None)
+
+        tag = await consumer.consume(queue, on_delivery)
+        self.assertIn((consumer._raw.channel_number, tag), protocol.fast_consumers)
+
+        publisher = await connection.channel(confirms=True)
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(publisher.close()))
+        sent = []
+        for number, body in enumerate(bodies):
+            properties = MessageProperties(
+                content_type="application/json",
+                headers={"x-txass-attempts": number, "nested": {"list": [1, "two", b"three"]}},
+                delivery_mode=2,
+                correlation_id=f"c{number}",
+                reply_to="amq.rabbitmq.reply-to.abc",
+                message_id=f"m{number}",
+                type="caf\xe9",
+                timestamp=1_796_450_268 + number,
+                app_id="txass",
+                expiration="60000",
+            )
+            sent.append(properties)
+            await publisher.publish("", queue, body, properties, mandatory=True)
+        await within(arrived)
+
+        self.assertEqual([delivery.body for delivery in received], bodies)
+        self.assertEqual([delivery.properties for delivery in received], sent)
+        self.assertEqual({delivery.routing_key for delivery in received}, {queue})

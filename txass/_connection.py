@@ -923,10 +923,13 @@ class AMQPChannel:
         @return: The consumer tag.
         """
 
-        def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        def deliver(delivery: Delivery) -> None:
             if not auto_ack:
-                self._unsettled.append(method.delivery_tag)
-            on_delivery(
+                self._unsettled.append(delivery.delivery_tag)
+            on_delivery(delivery)
+
+        def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
+            deliver(
                 Delivery(
                     body=body,
                     delivery_tag=method.delivery_tag,
@@ -964,9 +967,7 @@ class AMQPChannel:
 
         def on_raw(raw: RawDelivery) -> None:
             # The same as on_message, from frames the protocol decoded.
-            if not auto_ack:
-                self._unsettled.append(raw.delivery_tag)
-            on_delivery(
+            deliver(
                 Delivery(
                     body=raw.body,
                     delivery_tag=raw.delivery_tag,
@@ -1268,9 +1269,9 @@ class _PikaProtocol(TwistedProtocolConnection):
                 return
             if kind == FRAME_METHOD and self.fast_consumers and buffer[offset + 7 : offset + 11] == DELIVER_IDS:
                 # A delivery that has not arrived whole goes to pika, which
-                # takes frames one at a time: waiting for the rest here
-                # would scan a large body again at each chunk, and hide its
-                # bytes from pika's heartbeat checker until the end.
+                # takes frames one at a time.  Waiting for the rest here
+                # would scan a large body again at each chunk.  It would
+                # also hide its bytes from pika's heartbeat checker.
                 delivery = parse_delivery(buffer, offset, channel, size)
                 if isinstance(delivery, RawDelivery):
                     consumer = self.fast_consumers.get((channel, delivery.consumer_tag))
