@@ -361,7 +361,7 @@ class SplitFramesTests(unittest.TestCase):
 
     def test_protocol_header_goes_to_pika(self) -> None:
         """
-        When the broker answers with an AMQP protocol header rather than
+        When the broker sends an AMQP protocol header rather than
         frames, then every byte goes to pika, which reports the version.
         """
         header = b"AMQP\x00\x00\x09\x01"

@@ -82,7 +82,7 @@ class ServerReports:
             self._reactor.callFromThread(self._lines.put, line)
         self._reactor.callFromThread(self._lines.put, None)
 
-    async def _next(self, what: str, timeout: float) -> dict[str, Any]:
+    async def _next(self, expected: str, timeout: float) -> dict[str, Any]:
         """
         Return the next JSON line of standard input.
 
@@ -94,12 +94,12 @@ class ServerReports:
         try:
             line = await waiting
         except defer.CancelledError:
-            raise RoundTimeout(f"{what} did not come within {timeout:.1f} s") from None
+            raise RoundTimeout(f"{expected} did not come within {timeout:.1f} s") from None
         finally:
             if timer.active():
                 timer.cancel()
         if line is None:
-            raise RuntimeError(f"standard input ended before {what}")
+            raise RuntimeError(f"standard input ended before {expected}")
         message: dict[str, Any] = json.loads(line)
         return message
 
