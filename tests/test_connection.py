@@ -17,11 +17,14 @@ import txass
 from tests.support import BROKER_URL, connect, remove_after, unique_name, wait_until, within
 from txass._connection import (
     DEFAULT_URL,
+    HOLD_LIMIT,
     AMQPChannel,
     InvalidURL,
     MessageProperties,
     _describe_handshake_error,
+    _PikaProtocol,
     _SendBuffer,
+    _WritesThroughProtocol,
     parse_url,
 )
 
@@ -361,11 +364,10 @@ class AckBatchTests(SynchronousTestCase):
 
 
 class SendNowTests(unittest.TestCase):
-    async def test_sent_before_receiving_returns(self) -> None:
+    async def connection_with_channel(self) -> tuple[Any, Any, AMQPChannel, list[bytes]]:
         """
-        When something is written while the connection handles received
-        data, then it is sent before the handling returns, not on the
-        reactor's next turn.
+        Connect, open a channel, and record what is written to the socket
+        directly, outside the reactor's writes.
         """
         broker = await connect(self)
         protocol = broker._connection._protocol
@@ -373,18 +375,114 @@ class SendNowTests(unittest.TestCase):
         assert socket_transport is not None
         channel = await broker._connection.channel()
         self.addCleanup(lambda: defer.Deferred.fromCoroutine(channel.close()))
-        sent: list[bool] = []
+        written: list[bytes] = []
+        write_some = socket_transport.writeSomeData
 
-        def write_during_receive(data: bytes) -> None:
-            channel.publish("", unique_name("nowhere"), b"{}", MessageProperties())
-            sent.append(socket_transport in reactor.getWriters())
+        def record(data: bytes) -> Any:
+            written.append(bytes(data))
+            return write_some(data)
 
+        self.patch(socket_transport, "writeSomeData", record)
+        start_writing = socket_transport.startWriting
+
+        def watch() -> None:
+            self.watched += 1
+            start_writing()
+
+        self.watched = 0
+        self.patch(socket_transport, "startWriting", watch)
+        return protocol, socket_transport, channel, written
+
+    def receive(self, protocol: Any, during: Any) -> None:
+        """
+        Hand the protocol a heartbeat frame, which pika handles without a
+        reply, and call C{during} while it is handled.
+        """
         original = protocol._impl.data_received
-        self.patch(protocol._impl, "data_received", lambda data: (original(data), write_during_receive(data)))
-        # A heartbeat frame, which pika handles without a reply.
+        self.patch(protocol._impl, "data_received", lambda data: (original(data), during()))
         protocol.dataReceived(b"\x08\x00\x00\x00\x00\x00\x00\xce")
-        self.assertEqual(sent, [True])
-        self.assertNotIn(socket_transport, reactor.getWriters())
+
+    async def test_sent_before_receiving_returns(self) -> None:
+        """
+        When several messages are published while the connection handles
+        received data, then they leave in one write to the socket before
+        the handling returns, and the reactor is never asked to watch the
+        socket for writing.
+        """
+        protocol, socket_transport, channel, written = await self.connection_with_channel()
+        queues = [unique_name("nowhere") for _ in range(3)]
+
+        def publish() -> None:
+            for queue in queues:
+                channel.publish("", queue, b"{}", MessageProperties())
+
+        self.receive(protocol, publish)
+        self.assertEqual(self.watched, 0)
+        self.assertEqual(len(written), 1)
+        self.assertEqual([written[0].find(queue.encode()) >= 0 for queue in queues], [True, True, True])
+
+    async def test_pika_writes_keep_their_order(self) -> None:
+        """
+        When frames that pika encodes and frames that txass encodes are
+        written while received data is handled, then they reach the socket
+        in the order written.
+        """
+        protocol, socket_transport, channel, written = await self.connection_with_channel()
+        first, by_pika, last = (unique_name(kind) for kind in ("first", "pika", "last"))
+
+        def publish() -> None:
+            channel.publish("", first, b"{}", MessageProperties())
+            channel._raw.basic_publish("", by_pika, b"{}")
+            channel.publish("", last, b"{}", MessageProperties())
+
+        self.receive(protocol, publish)
+        sent = b"".join(written)
+        positions = [sent.find(name.encode()) for name in (first, by_pika, last)]
+        self.assertNotIn(-1, positions)
+        self.assertEqual(positions, sorted(positions))
+
+    async def test_large_writes_go_to_the_transport(self) -> None:
+        """
+        When more than the hold limit is written while received data is
+        handled, then the writes go to the transport at once, in order, so
+        that a full buffer pauses the senders as without holding.
+        """
+        protocol, socket_transport, channel, written = await self.connection_with_channel()
+        small, large = unique_name("small"), unique_name("large")
+        held_after: list[int] = []
+
+        def publish() -> None:
+            channel.publish("", small, b"{}", MessageProperties())
+            channel.publish("", large, b"x" * HOLD_LIMIT, MessageProperties())
+            held_after.append(protocol._held_bytes)
+
+        self.receive(protocol, publish)
+        self.assertEqual(held_after, [0])
+        await wait_until(lambda: socket_transport not in reactor.getWriters(), 10)
+        sent = b"".join(written)
+        self.assertLess(0, sent.find(small.encode()))
+        self.assertLess(sent.find(small.encode()), sent.find(large.encode()))
+
+    def test_held_writes_sent_before_closing(self) -> None:
+        """
+        When pika closes the transport while writes are held, then they are
+        written to the transport before it closes.
+        """
+        calls: list[tuple[str, bytes]] = []
+
+        class Transport:
+            def write(self, data: bytes) -> None:
+                calls.append(("write", data))
+
+            def loseConnection(self) -> None:
+                calls.append(("close", b""))
+
+        protocol = _PikaProtocol.__new__(_PikaProtocol)
+        protocol.transport = Transport()
+        protocol._held_writes = [b"reply", b"ack"]
+        protocol._held_bytes = 8
+        _WritesThroughProtocol(protocol).loseConnection()
+        self.assertEqual(calls, [("write", b"replyack"), ("close", b"")])
 
 
 # More than the kernel buffers of a loopback connection hold (an estimate:

@@ -34,7 +34,7 @@ from service_identity.exceptions import CertificateError, VerificationError
 from twisted.internet import abstract, defer, error as internet_error, task
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IPushProducer
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, CertificateOptions, platformTrust, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -828,7 +828,7 @@ class AMQPChannel:
         connection = protocol._impl
         connection.bytes_sent += len(data)
         connection.frames_sent += frames
-        protocol.transport.write(data)
+        protocol.write(data)
         return True
 
     def _publish_encoded(
@@ -1156,6 +1156,34 @@ class _SendBuffer:
         self._drained()
 
 
+class _WritesThroughProtocol:
+    """
+    The transport that pika writes to: it passes pika's frames to
+    L{_PikaProtocol.write}, so that they keep their order with the frames
+    txass encodes itself.
+    """
+
+    def __init__(self, protocol: _PikaProtocol) -> None:
+        self._protocol = protocol
+
+    def write(self, data: bytes) -> None:
+        self._protocol.write(data)
+
+    def loseConnection(self) -> None:
+        # What was written before the close leaves before it, as it would
+        # without holding.
+        self._protocol.send_held()
+        transport = self._protocol.transport
+        if transport is not None:
+            transport.loseConnection()
+
+
+# The maximum number of bytes held back while received data is handled.
+# Beyond it they go to the transport at once, so that its full buffer
+# pauses the senders as it would without holding.
+HOLD_LIMIT = 65536
+
+
 class _PikaProtocol(TwistedProtocolConnection):
     """
     pika's protocol, keeping the cause of a failed AMQP handshake that pika
@@ -1190,8 +1218,17 @@ class _PikaProtocol(TwistedProtocolConnection):
         frame_max = self._impl.params.frame_max if self._impl.is_open else 0
         return max(int(frame_max) - 8, 0)
 
+    def makeConnection(self, transport: Any) -> None:
+        # Unlike pika's own makeConnection, pika writes through this
+        # protocol rather than to the transport, and the protocol is ready
+        # before pika writes its first bytes.
+        Protocol.makeConnection(self, transport)
+        self._impl.connection_made(_WritesThroughProtocol(self))
+
     def connectionMade(self) -> None:
         self.after_receiving = []
+        self._held_writes = []
+        self._held_bytes = 0
         self._received = bytearray()
         self.fast_consumers = {}
         # A message is several small AMQP frames, and an RPC caller waits
@@ -1221,20 +1258,88 @@ class _PikaProtocol(TwistedProtocolConnection):
     # once it is done: the acknowledgements that channels held back.
     receiving = False
     after_receiving: list[Callable[[], None]]
+    # Whether writes wait in C{_held_writes} until the received data is
+    # handled, and their size in bytes.
+    _holding = False
+    _held_writes: list[bytes]
+    _held_bytes = 0
 
     def dataReceived(self, data: bytes) -> None:
         self.last_received = self._clock.seconds()
         self.receiving = True
+        self._holding = True
         try:
             self._split_frames(data)
         finally:
             self.receiving = False
-            waiting = getattr(self, "after_receiving", None)
-            if waiting:
-                self.after_receiving = []
-                for send in waiting:
-                    send()
-            self._send_now()
+            try:
+                waiting = self.after_receiving
+                if waiting:
+                    self.after_receiving = []
+                    for send in waiting:
+                        send()
+            finally:
+                self._holding = False
+                self.send_held()
+
+    def write(self, data: bytes) -> None:
+        """
+        Write C{data} to the broker.
+
+        While received data is handled, writes wait, so that the replies,
+        acknowledgements and next requests that handling causes leave in one
+        send, made by L{send_held} at the end.  At other times they go to the
+        transport, which sends them in the reactor's next turn.
+        """
+        if self._holding and self._held_bytes + len(data) <= HOLD_LIMIT:
+            self._held_writes.append(data)
+            self._held_bytes += len(data)
+            return
+        if self._held_writes:
+            self.send_held()
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def send_held(self) -> None:
+        """
+        Send the writes held back, without waiting for the reactor's next
+        turn.
+
+        Twisted sends written data once the reactor finds the socket
+        writable, which costs each request and reply a turn of the reactor
+        of its own, and two system calls that start and stop watching the
+        socket.  A plain TCP socket with nothing waiting to be sent is
+        written here directly, as the reactor would write it.  What the
+        socket does not take, or any write under TLS, goes to the
+        transport, and is sent now if the socket takes it.
+        """
+        held = self._held_writes
+        if not held:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        self._held_bytes = 0
+        transport = self.transport
+        if transport is None:
+            return
+        socket = self.socket_transport
+        reactor = self._clock
+        if (
+            socket is transport
+            and reactor is not None
+            and socket.connected
+            and not socket.disconnecting
+            and socket not in reactor.getWriters()
+        ):
+            sent = socket.writeSomeData(data)
+            if isinstance(sent, int):
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            # A socket that failed takes the data into its buffer like any
+            # other, and the reactor finds the failure when it writes it.
+        transport.write(data)
+        self._send_now()
 
     def _split_frames(self, data: bytes) -> None:
         """
@@ -1303,15 +1408,10 @@ class _PikaProtocol(TwistedProtocolConnection):
 
     def _send_now(self) -> None:
         """
-        Send what handling the received data wrote, such as replies,
-        acknowledgements and the next RPC request, without waiting for the
-        reactor's next turn.
-
-        Twisted sends written data once the reactor finds the socket
-        writable, which costs each request and reply a turn of the reactor
-        of its own.  This sends it now, as the reactor would: a socket that
-        takes only part of the data, or fails, leaves the rest to the
-        reactor, which still watches it.
+        Send what waits in the socket's transport now, as the reactor would
+        once it finds the socket writable: a socket that takes only part of
+        the data, or fails, leaves the rest to the reactor, which still
+        watches it.
         """
         socket = self.socket_transport
         if socket is None or not socket.connected or socket.disconnecting:
