@@ -463,6 +463,21 @@ class SendNowTests(unittest.TestCase):
         self.assertLess(0, sent.find(small.encode()))
         self.assertLess(sent.find(small.encode()), sent.find(large.encode()))
 
+    async def test_nothing_sent_after_abort(self) -> None:
+        """
+        When the connection is aborted while writes are held, then they are
+        not sent, as Twisted sends nothing after an abort.
+        """
+        protocol, socket_transport, channel, written = await self.connection_with_channel()
+
+        def publish_and_abort() -> None:
+            channel.publish("", unique_name("nowhere"), b"{}", MessageProperties())
+            protocol.transport.abortConnection()
+
+        self.receive(protocol, publish_and_abort)
+        await wait_until(lambda: protocol.transport is None or not socket_transport.connected, 10)
+        self.assertEqual(written, [])
+
     def test_held_writes_sent_before_closing(self) -> None:
         """
         When pika closes the transport while writes are held, then they are

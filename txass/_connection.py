@@ -1324,11 +1324,14 @@ class _PikaProtocol(TwistedProtocolConnection):
             return
         socket = self.socket_transport
         reactor = self._clock
+        # A socket the reactor no longer reads has been aborted (or paused),
+        # and one it watches for writing has data waiting, which goes first.
         if (
             socket is transport
             and reactor is not None
             and socket.connected
             and not socket.disconnecting
+            and socket in reactor.getReaders()
             and socket not in reactor.getWriters()
         ):
             sent = socket.writeSomeData(data)
