@@ -463,6 +463,42 @@ class SendNowTests(unittest.TestCase):
         self.assertLess(0, sent.find(small.encode()))
         self.assertLess(sent.find(small.encode()), sent.find(large.encode()))
 
+    async def test_nothing_sent_inside_a_write(self) -> None:
+        """
+        When a write while received data is handled goes past the hold
+        limit, then nothing is sent from inside it: sending can resume
+        paused senders, whose writes would land among the frames of a
+        message that pika writes one frame at a time.
+        """
+        protocol, socket_transport, channel, written = await self.connection_with_channel()
+        write = protocol.write
+        inside: list[bool] = []
+        sent_inside: list[bool] = []
+
+        def write_and_watch(data: bytes) -> None:
+            inside.append(True)
+            try:
+                write(data)
+            finally:
+                inside.pop()
+
+        def record(data: bytes) -> Any:
+            sent_inside.append(bool(inside))
+            return write_some(data)
+
+        write_some = socket_transport.writeSomeData
+        self.patch(protocol, "write", write_and_watch)
+        self.patch(socket_transport, "writeSomeData", record)
+
+        def publish() -> None:
+            channel.publish("", unique_name("small"), b"{}", MessageProperties())
+            channel.publish("", unique_name("large"), b"x" * HOLD_LIMIT, MessageProperties())
+
+        self.receive(protocol, publish)
+        await wait_until(lambda: socket_transport not in reactor.getWriters(), 10)
+        self.assertTrue(sent_inside)
+        self.assertNotIn(True, sent_inside)
+
     async def test_nothing_sent_after_abort(self) -> None:
         """
         When the connection is aborted while writes are held, then they are

@@ -1172,7 +1172,7 @@ class _WritesThroughProtocol:
     def loseConnection(self) -> None:
         # What was written before the close leaves before it, as it would
         # without holding.
-        self._protocol.send_held()
+        self._protocol.release_held()
         transport = self._protocol.transport
         if transport is not None:
             transport.loseConnection()
@@ -1290,20 +1290,42 @@ class _PikaProtocol(TwistedProtocolConnection):
         acknowledgements and next requests that handling causes leave in one
         send, made by L{send_held} at the end.  At other times they go to the
         transport, which sends them in the reactor's next turn.
+
+        Nothing is sent from here.  Sending can resume paused senders, and
+        their writes would land among the frames of a message that pika
+        writes one frame at a time.
         """
-        if self._holding and self._held_bytes + len(data) <= HOLD_LIMIT:
-            self._held_writes.append(data)
-            self._held_bytes += len(data)
-            return
-        if self._held_writes:
-            self.send_held()
+        if self._holding:
+            if self._held_bytes + len(data) <= HOLD_LIMIT:
+                self._held_writes.append(data)
+                self._held_bytes += len(data)
+                return
+            # Data past the hold limit goes to the transport, whose full
+            # buffer pauses the senders as it would without holding.
+            self.release_held()
         if self.transport is not None:
             self.transport.write(data)
 
+    def _take_held(self) -> bytes:
+        held = self._held_writes
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        self._held_bytes = 0
+        return data
+
+    def release_held(self) -> None:
+        """
+        Pass the writes held back to the transport, without sending them.
+        """
+        if self._held_writes:
+            data = self._take_held()
+            if self.transport is not None:
+                self.transport.write(data)
+
     def send_held(self) -> None:
         """
-        Send the writes held back, without waiting for the reactor's next
-        turn.
+        Send the writes held back, and what waits in the transport, without
+        waiting for the reactor's next turn.
 
         Twisted sends written data once the reactor finds the socket
         writable, which costs each request and reply a turn of the reactor
@@ -1313,35 +1335,33 @@ class _PikaProtocol(TwistedProtocolConnection):
         socket does not take, or any write under TLS, goes to the
         transport, and is sent now if the socket takes it.
         """
-        held = self._held_writes
-        if not held:
-            return
-        data = held[0] if len(held) == 1 else b"".join(held)
-        held.clear()
-        self._held_bytes = 0
         transport = self.transport
-        if transport is None:
-            return
-        socket = self.socket_transport
-        reactor = self._clock
-        # A socket the reactor no longer reads has been aborted (or paused),
-        # and one it watches for writing has data waiting, which goes first.
-        if (
-            socket is transport
-            and reactor is not None
-            and socket.connected
-            and not socket.disconnecting
-            and socket in reactor.getReaders()
-            and socket not in reactor.getWriters()
-        ):
-            sent = socket.writeSomeData(data)
-            if isinstance(sent, int):
-                if sent == len(data):
-                    return
-                data = data[sent:]
-            # A socket that failed takes the data into its buffer like any
-            # other, and the reactor finds the failure when it writes it.
-        transport.write(data)
+        if self._held_writes and transport is not None:
+            data = self._take_held()
+            socket = self.socket_transport
+            reactor = self._clock
+            # A socket the reactor no longer reads has been aborted (or
+            # paused), and one it watches for writing has data waiting,
+            # which goes first.
+            if (
+                socket is transport
+                and reactor is not None
+                and socket.connected
+                and not socket.disconnecting
+                and socket in reactor.getReaders()
+                and socket not in reactor.getWriters()
+            ):
+                sent = socket.writeSomeData(data)
+                if isinstance(sent, int):
+                    if sent == len(data):
+                        return
+                    data = data[sent:]
+                # A socket that failed takes the data into its buffer like
+                # any other, and the reactor finds the failure when it
+                # writes it.
+            transport.write(data)
+        self._held_writes.clear()
+        self._held_bytes = 0
         self._send_now()
 
     def _split_frames(self, data: bytes) -> None:
