@@ -466,8 +466,8 @@ class SendNowTests(unittest.TestCase):
     async def test_nothing_sent_inside_a_write(self) -> None:
         """
         When a write while received data is handled goes past the hold
-        limit, then nothing is sent from inside it: sending can resume
-        paused senders, whose writes would land among the frames of a
+        limit, then nothing is sent from inside it.  Sending could resume
+        paused senders, and their writes would land among the frames of a
         message that pika writes one frame at a time.
         """
         protocol, socket_transport, channel, written = await self.connection_with_channel()

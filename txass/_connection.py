@@ -1307,9 +1307,12 @@ class _PikaProtocol(TwistedProtocolConnection):
             self.transport.write(data)
 
     def _take_held(self) -> bytes:
-        held = self._held_writes
-        data = held[0] if len(held) == 1 else b"".join(held)
-        held.clear()
+        """
+        Return the writes held back as one string of bytes, and forget them.
+        """
+        writes = self._held_writes
+        data = writes[0] if len(writes) == 1 else b"".join(writes)
+        writes.clear()
         self._held_bytes = 0
         return data
 
